@@ -1,0 +1,136 @@
+"""``python -m experiments.train [overrides]`` (console script ``quadrl-train``): config -> task + model -> GRPO.
+
+Order matters: every config value, the task's data and the intervention are validated before any model is
+loaded, so a typo costs seconds, not a base-model build. A run directory that already holds a checkpoint is
+resumed, into the same MLflow run. An exception marks the run FAILED and leaves the last checkpoint in place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from experiments.tasks import make_task
+from experiments.tracking import Tracker, flatten, git_commit
+from grpo import checkpoint
+from grpo.config import QuadrlConfig, register_configs, validate
+from grpo.model import load_policy
+from grpo.trainer import Trainer
+from interventions import build_intervention
+
+register_configs()
+
+RUN_ID_FILE = "mlflow_run_id"
+
+
+def job_overrides() -> list[str]:
+    try:
+        return list(HydraConfig.get().overrides.task)
+    except ValueError:  # called outside a Hydra app (tests)
+        return []
+
+
+def condition_of(overrides: list[str]) -> str:
+    """A job's condition: its overrides without the seed (how analysis groups seeds)."""
+    rest = sorted(o for o in overrides if not o.lstrip("+~").startswith("seed="))
+    return " ".join(rest) if rest else "default"
+
+
+def resolve_run_dir(cfg: QuadrlConfig) -> Path:
+    if cfg.run_dir:
+        return Path(cfg.run_dir).expanduser().resolve()
+    try:
+        return Path(HydraConfig.get().runtime.output_dir)
+    except ValueError:
+        return Path.cwd()
+
+
+def model_path(cfg: QuadrlConfig, task_params: dict[str, Any]) -> Path:
+    if cfg.model.source == "local":
+        return Path(str(cfg.model.path)).expanduser()
+    from experiments.base_model import ensure_base_model
+
+    params = {k: v for k, v in task_params.items() if k != "name"}
+    return ensure_base_model(
+        task_params["name"], params, seed=cfg.model.base_seed, tracking_uri=cfg.tracking.uri if cfg.tracking.enabled
+        else None, max_seconds=cfg.model.base_max_seconds,
+    )
+
+
+def run(raw: DictConfig) -> dict[str, float]:
+    """Validate, build, train. Returns the final eval metrics."""
+    cfg: QuadrlConfig = OmegaConf.to_object(raw)  # type: ignore[assignment]
+    validate(cfg)
+    task_params: dict[str, Any] = OmegaConf.to_container(raw.task, resolve=True)  # type: ignore[assignment]
+    intervention_params: dict[str, Any] = OmegaConf.to_container(raw.intervention, resolve=True)  # type: ignore[assignment]
+    intervention = build_intervention(intervention_params)
+    task = make_task(**task_params)
+    if cfg.train.threads > 0:
+        torch.set_num_threads(cfg.train.threads)
+
+    run_dir = resolve_run_dir(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state = checkpoint.load(run_dir)
+    run_id = (state or {}).get("mlflow_run_id") or None
+    if run_id is None and (run_dir / RUN_ID_FILE).is_file():  # crashed before its first checkpoint
+        run_id = (run_dir / RUN_ID_FILE).read_text().strip() or None
+
+    tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.enabled)
+    overrides = job_overrides()
+    parent = cfg.tracking.parent_run_id or os.environ.get("QUADRL_PARENT_RUN_ID")
+    tags = {
+        "quadrl.git_commit": git_commit(),
+        "quadrl.task": task_params["name"],
+        "quadrl.model": cfg.model.source if cfg.model.source == "builtin" else str(cfg.model.path),
+        "quadrl.intervention": intervention_params.get("name", "none"),
+        "quadrl.algo": cfg.algo.name,
+        "quadrl.overrides": json.dumps(overrides),
+        "quadrl.condition": condition_of(overrides),
+        "quadrl.run_dir": str(run_dir),
+    }
+    if parent:
+        tags["mlflow.parentRunId"] = parent
+    name = cfg.tracking.run_name or f"{task_params['name']}-{intervention_params.get('name', 'none')}-s{cfg.seed}"
+    resolved = OmegaConf.to_container(raw, resolve=True)
+    run_id = tracker.start(run_id, name, flatten(resolved), tags)
+    if run_id:
+        (run_dir / RUN_ID_FILE).write_text(run_id)
+        if state is None:
+            tracker.log_text(OmegaConf.to_yaml(raw, resolve=True), "config.yaml")
+    try:
+        path = model_path(cfg, task_params)
+        base_info = path / "quadrl_base.json"
+        if base_info.is_file():
+            info = json.loads(base_info.read_text())
+            tracker.set_tags({"quadrl.base_model_version": str(info.get("version")),
+                              "quadrl.base_model_accuracy": str(info.get("test_accuracy"))})
+        policy = load_policy(cfg.model, path, need_reference=cfg.algo.beta > 0, seed=cfg.seed)
+        trainer = Trainer(cfg, policy, task, intervention, tracker, run_dir)
+        if state is not None:
+            trainer.load_checkpoint(state)
+        final = trainer.run()
+    except KeyboardInterrupt:
+        tracker.finish("KILLED")
+        raise
+    except BaseException:
+        tracker.finish("FAILED")
+        raise
+    tracker.finish("FINISHED")
+    return final
+
+
+@hydra.main(version_base=None, config_path="../conf", config_name="config")
+def main(raw: DictConfig) -> float | None:
+    final = run(raw)
+    return final.get("eval/accuracy")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,252 @@
+"""Structured configs. Hydra refuses unknown keys against these dataclasses; :func:`validate` refuses values out
+of range. Both run before any model is loaded. The YAML tree under ``conf/`` mirrors these groups."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+
+from interventions.base import ConfigError
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = False
+    """Train a peft LoRA adapter instead of all weights; the KL reference is then the base with adapter off."""
+    r: int = 8
+    """LoRA rank."""
+    alpha: int = 16
+    """LoRA scaling numerator (scale = alpha / r)."""
+    dropout: float = 0.0
+    """Dropout on the LoRA branch (0 keeps the update deterministic given the seed)."""
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    """Module names to adapt (peft target_modules); ["all-linear"] adapts every linear layer."""
+
+
+@dataclass
+class ModelConfig:
+    source: str = "builtin"
+    """'builtin': the tiny base model quadrl pre-trains on the task (cached); 'local': a Hugging Face directory."""
+    path: str | None = None
+    """Local model directory (source=local). Loaded with AutoModelForCausalLM / AutoTokenizer, never downloaded."""
+    device: str = "auto"
+    """'auto' (CUDA if present, else CPU), 'cpu', 'cuda', 'cuda:1', ..."""
+    dtype: str = "auto"
+    """'auto' (bfloat16 on CUDA, float32 on CPU), 'float32', 'bfloat16', 'float16'."""
+    chat_template: str = "auto"
+    """'auto': use the tokenizer's chat template when it has one; 'never': feed the raw prompt."""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    gradient_checkpointing: bool = False
+    """Recompute activations in backward (large models)."""
+    base_seed: int = 0
+    """Seed of the built-in base model's pre-training (source=builtin)."""
+    base_max_seconds: float = 600.0
+    """Time budget for pre-training the built-in base model into its partial-accuracy band."""
+
+
+@dataclass
+class AlgoConfig:
+    name: str = "grpo"
+    """Preset name, for the record: grpo | dapo | dr_grpo."""
+    loss_aggregation: str = "seq_mean_token_mean"
+    """seq_mean_token_mean (GRPO) | token_mean (DAPO) | seq_mean_token_sum_norm (Dr. GRPO)."""
+    scale_adv_by_std: bool = True
+    """Divide group-centred rewards by the group std (False in Dr. GRPO)."""
+    group_size: int = 8
+    """G: responses sampled per prompt."""
+    prompts_per_step: int = 16
+    """Prompts per rollout batch (the batch holds prompts_per_step * group_size responses)."""
+    eps_low: float = 0.2
+    """Lower clip range: rho >= 1 - eps_low."""
+    eps_high: float = 0.2
+    """Upper clip range: rho <= 1 + eps_high (DAPO clip-higher: 0.28)."""
+    beta: float = 0.0
+    """KL penalty coefficient toward the reference policy (0 = no reference forward at all)."""
+    kl_estimator: str = "k3"
+    """k1 (log-ratio) or k3 (exp(-x) + x - 1, non-negative)."""
+    epochs: int = 1
+    """Passes over each rollout batch (>1 makes later passes off-policy; old log-probs are recomputed once)."""
+    minibatches: int = 1
+    """Optimizer steps per epoch (the batch is split into this many minibatches of whole groups)."""
+    dynamic_sampling: bool = False
+    """DAPO: drop groups whose rewards are all equal and sample more prompts to refill the batch."""
+    dynamic_sampling_max_rounds: int = 3
+    """Extra sampling rounds allowed to refill the batch under dynamic sampling."""
+    adv_eps: float = 1e-4
+    """Added to the group std before dividing."""
+
+
+@dataclass
+class SamplingConfig:
+    temperature: float = 1.0
+    """Sampling temperature (log-probs and entropies are those of softmax(logits / temperature))."""
+    top_p: float = 1.0
+    """Nucleus sampling mass (1 = off)."""
+    max_new_tokens: int = 64
+    """Longest response; also Dr. GRPO's constant normaliser."""
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    """AdamW learning rate (peak, after warm-up)."""
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    warmup_steps: int = 0
+    """Linear warm-up steps (optimizer steps)."""
+    schedule: str = "constant"
+    """constant | linear | cosine (decay to 0 over all optimizer steps after warm-up)."""
+    grad_clip: float = 1.0
+    """Max global gradient norm (<= 0 disables clipping)."""
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 200
+    """Training steps (rollout + update)."""
+    checkpoint_every: int = 50
+    """Save a resumable checkpoint every N steps (and at the end)."""
+    log_samples_every: int = 50
+    """Log a table of sample completions every N steps (0 = never)."""
+    logits_chunk: int = 256
+    """Sequence positions per chunk when computing log-probs from hidden states."""
+    threads: int = 0
+    """torch intra-op threads (0 = leave torch's default)."""
+    progress: bool = True
+    """Show a progress bar."""
+
+
+@dataclass
+class EvalConfig:
+    every: int = 50
+    """Evaluate on the test split every N steps (0 = only at the start and the end)."""
+    n_prompts: int = 200
+    """Test prompts used (the first n of the fixed test split)."""
+    n_samples: int = 8
+    """Samples per prompt for avg@k / pass@k (0 = greedy accuracy only)."""
+    pass_k: list[int] = field(default_factory=lambda: [1, 4, 8])
+    """k values for the unbiased pass@k estimator (each <= n_samples)."""
+    temperature: float = 1.0
+    """Sampling temperature for avg@k / pass@k."""
+    batch_size: int = 256
+    """Sequences generated at once during evaluation."""
+
+
+@dataclass
+class EntropySplitConfig:
+    mode: str = "batch_quantile"
+    """batch_quantile | sequence_quantile | absolute: how a token's entropy is called high."""
+    high_fraction: float = 0.2
+    """Quantile modes: the top high_fraction of tokens by entropy are 'high' (0.2 = the 80/20 split)."""
+    threshold: float = 0.5
+    """Absolute mode: entropy (nats) at or above which a token is 'high'."""
+
+
+@dataclass
+class DiagnosticsConfig:
+    every: int = 0
+    """Per-quadrant gradient norms/cosines and log-prob change every N steps (0 = off; cheap stats always on)."""
+    split: EntropySplitConfig = field(default_factory=EntropySplitConfig)
+    """The entropy split used by the diagnostics (interventions that split carry their own)."""
+
+
+@dataclass
+class TrackingConfig:
+    enabled: bool = True
+    """Log to MLflow."""
+    uri: str = "sqlite:///mlflow.db"
+    """Tracking URI: a SQLite file (embedded, nothing to start) or http://127.0.0.1:5000 for a server."""
+    experiment: str = "quadrl"
+    """MLflow experiment name."""
+    run_name: str | None = None
+    """Run name (default: task-intervention-seed)."""
+    parent_run_id: str | None = None
+    """Parent (sweep) run id; set by the sweep callback for multirun jobs."""
+
+
+@dataclass
+class QuadrlConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: Any = field(default_factory=lambda: {"name": "arith"})
+    """Task name and its parameters (validated by the task registry)."""
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    intervention: Any = field(default_factory=lambda: {"name": "none"})
+    """Intervention name and its parameters (validated by the intervention registry)."""
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    seed: int = 0
+    """Seeds sampling, data order, LoRA init and intervention randomness."""
+    run_dir: str | None = None
+    """Checkpoints and outputs; default: Hydra's job output directory. Re-running in it resumes."""
+
+
+def register_configs() -> None:
+    ConfigStore.instance().store(name="quadrl_schema", node=QuadrlConfig)
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+_CHOICES = {
+    "algo.loss_aggregation": ("seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"),
+    "algo.kl_estimator": ("k1", "k3"),
+    "optim.schedule": ("constant", "linear", "cosine"),
+    "model.source": ("builtin", "local"),
+    "model.dtype": ("auto", "float32", "bfloat16", "float16"),
+    "model.chat_template": ("auto", "never"),
+    "diagnostics.split.mode": ("batch_quantile", "sequence_quantile", "absolute"),
+}
+
+
+def validate(cfg: QuadrlConfig) -> None:
+    """Refuse out-of-range values with a message naming the key. Cheap: no model, no data."""
+    for key, choices in _CHOICES.items():
+        value: Any = cfg
+        for part in key.split("."):
+            value = getattr(value, part)
+        _check(value in choices, f"{key}={value!r} is not one of {list(choices)}")
+    a, s, o, t, e = cfg.algo, cfg.sampling, cfg.optim, cfg.train, cfg.eval
+    _check(a.group_size >= 2, f"algo.group_size must be >= 2 (group advantages need 2 samples), got {a.group_size}")
+    _check(a.prompts_per_step >= 1, f"algo.prompts_per_step must be >= 1, got {a.prompts_per_step}")
+    _check(0 <= a.eps_low < 1, f"algo.eps_low must be in [0, 1), got {a.eps_low}")
+    _check(a.eps_high >= 0, f"algo.eps_high must be >= 0, got {a.eps_high}")
+    _check(a.beta >= 0, f"algo.beta must be >= 0, got {a.beta}")
+    _check(a.epochs >= 1, f"algo.epochs must be >= 1, got {a.epochs}")
+    _check(
+        1 <= a.minibatches <= a.prompts_per_step,
+        f"algo.minibatches must be in [1, prompts_per_step={a.prompts_per_step}], got {a.minibatches}",
+    )
+    _check(s.temperature > 0, f"sampling.temperature must be > 0, got {s.temperature}")
+    _check(0 < s.top_p <= 1, f"sampling.top_p must be in (0, 1], got {s.top_p}")
+    _check(s.max_new_tokens >= 1, f"sampling.max_new_tokens must be >= 1, got {s.max_new_tokens}")
+    _check(o.lr > 0 and math.isfinite(o.lr), f"optim.lr must be a positive number, got {o.lr}")
+    _check(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), f"optim.betas must be two values in [0,1), got {o.betas}")
+    _check(o.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {o.warmup_steps}")
+    _check(t.steps >= 0, f"train.steps must be >= 0, got {t.steps}")
+    _check(t.checkpoint_every >= 1, f"train.checkpoint_every must be >= 1, got {t.checkpoint_every}")
+    _check(t.logits_chunk >= 1, f"train.logits_chunk must be >= 1, got {t.logits_chunk}")
+    _check(e.every >= 0 and e.n_prompts >= 1, f"eval.every must be >= 0 and eval.n_prompts >= 1, got {e.every}, {e.n_prompts}")
+    _check(e.n_samples >= 0, f"eval.n_samples must be >= 0, got {e.n_samples}")
+    _check(
+        all(1 <= k <= e.n_samples for k in e.pass_k) or e.n_samples == 0,
+        f"eval.pass_k values must be in [1, eval.n_samples={e.n_samples}], got {list(e.pass_k)}",
+    )
+    _check(cfg.diagnostics.every >= 0, f"diagnostics.every must be >= 0, got {cfg.diagnostics.every}")
+    _check(0 < cfg.diagnostics.split.high_fraction < 1, "diagnostics.split.high_fraction must be in (0, 1)")
+    lora = cfg.model.lora
+    _check(lora.r >= 1 and lora.alpha > 0 and 0 <= lora.dropout < 1, f"model.lora values out of range: {lora}")
+    if cfg.model.source == "local":
+        _check(cfg.model.path is not None, "model.source=local needs model.path=<a local Hugging Face directory>")
+        path = Path(str(cfg.model.path)).expanduser()
+        _check(path.is_dir(), f"model.path={cfg.model.path!r}: no such directory (models are never downloaded)")
+        _check((path / "config.json").is_file(), f"model.path={cfg.model.path!r} has no config.json: not a model dir")

@@ -1,0 +1,103 @@
+"""Evaluation on a task's test split: greedy accuracy, avg@k, unbiased pass@k, answer diversity.
+
+pass@k (Chen et al. 2021, "Evaluating Large Language Models Trained on Code", arXiv 2107.03374): with n samples
+of which c are correct, the unbiased estimate of P(at least one of k samples is correct) is
+
+    pass@k = 1 - C(n - c, k) / C(n, k)
+
+computed as a running product to stay exact for large n. avg@n is the mean reward over the n samples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from experiments.tasks.base import Example, Task
+from grpo.config import EvalConfig
+from grpo.model import Policy
+from grpo.rollout import sample
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples with c correct."""
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"pass_at_k needs 0 <= c <= n and 1 <= k <= n, got n={n} c={c} k={k}")
+    if n - c < k:
+        return 1.0
+    miss = 1.0
+    for i in range(n - c + 1, n + 1):  # C(n-c, k) / C(n, k) = prod_{i=n-c+1}^{n} (1 - k / i)
+        miss *= 1.0 - k / i
+    return 1.0 - miss
+
+
+@dataclass
+class Completion:
+    example: Example
+    text: str
+    reward: float
+    answer: str | None
+
+
+def generate(
+    policy: Policy,
+    task: Task,
+    examples: Sequence[Example],
+    *,
+    repeats: int,
+    max_new_tokens: int,
+    temperature: float,
+    greedy: bool,
+    batch_size: int,
+    generator: torch.Generator | None,
+) -> list[list[Completion]]:
+    """``repeats`` completions for each example, scored by the task's verifier."""
+    flat = [ex for ex in examples for _ in range(repeats)]
+    texts: list[str] = []
+    for start in range(0, len(flat), batch_size):
+        chunk = flat[start : start + batch_size]
+        roll = sample(
+            policy.model,
+            [policy.encode_prompt(ex.prompt) for ex in chunk],
+            max_new_tokens=max_new_tokens,
+            eos_id=policy.eos_id,
+            pad_id=policy.pad_id,
+            temperature=temperature,
+            greedy=greedy,
+            generator=generator,
+        )
+        for row in range(len(chunk)):
+            texts.append(policy.decode(roll.response_ids[row][roll.response_mask[row]].tolist()))
+    out: list[list[Completion]] = []
+    for i, ex in enumerate(examples):
+        group = texts[i * repeats : (i + 1) * repeats]
+        out.append([Completion(ex, t, task.reward(ex, t), task.extract_answer(t)) for t in group])
+    return out
+
+
+def evaluate(
+    policy: Policy, task: Task, cfg: EvalConfig, max_new_tokens: int, generator: torch.Generator
+) -> tuple[dict[str, float], list[Completion]]:
+    """Metrics under ``eval/`` and the greedy completions (for sample tables)."""
+    examples = list(task.test())[: cfg.n_prompts]
+    was_training = policy.model.training
+    policy.model.eval()
+    try:
+        kw = dict(max_new_tokens=max_new_tokens, batch_size=cfg.batch_size, generator=generator)
+        greedy = [g[0] for g in generate(policy, task, examples, repeats=1, temperature=1.0, greedy=True, **kw)]
+        metrics = {"eval/accuracy": sum(c.reward for c in greedy) / len(greedy)}
+        if cfg.n_samples > 0:
+            n = cfg.n_samples
+            groups = generate(policy, task, examples, repeats=n, temperature=cfg.temperature, greedy=False, **kw)
+            correct = [sum(c.reward >= 1.0 for c in g) for g in groups]
+            metrics[f"eval/avg@{n}"] = sum(c.reward for g in groups for c in g) / (n * len(groups))
+            for k in cfg.pass_k:
+                metrics[f"eval/pass@{k}"] = sum(pass_at_k(n, c, k) for c in correct) / len(groups)
+            metrics["eval/diversity"] = sum(
+                len({c.answer for c in g if c.answer is not None}) / n for g in groups
+            ) / len(groups)
+    finally:
+        policy.model.train(was_training)
+    return metrics, greedy

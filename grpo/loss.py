@@ -1,0 +1,129 @@
+"""The GRPO objective, written out once.
+
+For response i, token t, with importance ratio rho_t = pi_theta(o_t|s_t) / pi_old(o_t|s_t)::
+
+    pg_t  = -min( rho_t * A_t , clip(rho_t, 1 - eps_low, 1 + eps_high) * A_t )     (PPO clip; DAPO clip-higher
+                                                                                  is eps_high > eps_low)
+    pg_t  = -rho_t * A_t                                                          (when credit.clip is False)
+
+    KL_t  = log pi_theta - log pi_ref                                             (k1)
+    KL_t  = exp(log pi_ref - log pi_theta) - (log pi_ref - log pi_theta) - 1      (k3, Schulman; >= 0)
+
+    L_t   = w_t * pg_t  +  beta * k_t * KL_t  +  extra_t
+
+where A_t, w_t (intervention weight), k_t (KL weight) and extra_t come from the intervention's TokenCredit;
+for plain GRPO A_t = A_i, w_t = k_t = 1, extra_t = 0. With m_t the loss mask, the aggregations are::
+
+    grpo     (seq_mean_token_mean):   L = 1/B * sum_i  sum_t m_it L_it / sum_t m_it
+    dapo     (token_mean):            L = sum_it m_it L_it / sum_it m_it
+    dr_grpo  (seq_mean_token_sum_norm): L = sum_it m_it L_it / (B * max_new_tokens)
+
+Nothing here knows which intervention produced the credit: masks and amplifications are only numbers in w_t.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+LossAggregation = Literal["seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"]
+KLEstimator = Literal["k1", "k3"]
+
+
+def clipped_surrogate(
+    logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, eps_low: float, eps_high: float, clip: bool = True
+) -> tuple[Tensor, Tensor]:
+    """Per-token policy-gradient loss pg_t and the ratio rho_t (both [B, T])."""
+    ratio = torch.exp(logprobs - old_logprobs)
+    unclipped = ratio * advantages
+    if not clip:
+        return -unclipped, ratio
+    clipped = torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high) * advantages
+    return -torch.minimum(unclipped, clipped), ratio
+
+
+def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, estimator: KLEstimator) -> Tensor:
+    """Per-token estimate of KL(pi_theta || pi_ref) from the sampled tokens."""
+    log_ratio = logprobs - ref_logprobs
+    if estimator == "k1":
+        return log_ratio
+    if estimator == "k3":
+        return torch.exp(-log_ratio) + log_ratio - 1.0
+    raise ValueError(f"unknown KL estimator '{estimator}' (k1 or k3)")
+
+
+def aggregate(per_token: Tensor, mask: Tensor, how: LossAggregation, max_new_tokens: int) -> Tensor:
+    """Reduce [B, T] per-token losses to a scalar (see module docstring)."""
+    mask = mask.to(per_token.dtype)
+    if how == "seq_mean_token_mean":
+        per_seq = (per_token * mask).sum(-1) / mask.sum(-1).clamp_min(1.0)
+        return per_seq.mean()
+    if how == "token_mean":
+        return (per_token * mask).sum() / mask.sum().clamp_min(1.0)
+    if how == "seq_mean_token_sum_norm":
+        return (per_token * mask).sum() / (per_token.shape[0] * max_new_tokens)
+    raise ValueError(f"unknown loss aggregation '{how}'")
+
+
+@dataclass
+class LossTerms:
+    loss: Tensor
+    """Scalar to backpropagate."""
+    pg_loss: float
+    kl: float
+    """Mean per-token KL over the loss mask (0 when beta = 0 and no reference is given)."""
+    clip_frac_low: float
+    """Share of masked tokens where the lower clip bound is active (A < 0, rho < 1 - eps_low)."""
+    clip_frac_high: float
+    """Share of masked tokens where the upper clip bound is active (A > 0, rho > 1 + eps_high)."""
+    ratio_mean: float
+
+
+def policy_loss(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    weights: Tensor,
+    loss_mask: Tensor,
+    *,
+    aggregation: LossAggregation,
+    eps_low: float,
+    eps_high: float,
+    max_new_tokens: int,
+    clip: bool = True,
+    beta: float = 0.0,
+    ref_logprobs: Tensor | None = None,
+    kl_weights: Tensor | None = None,
+    kl_estimator: KLEstimator = "k3",
+    extra: Tensor | None = None,
+) -> LossTerms:
+    """L = aggregate(w * pg + beta * k * KL + extra). All [B, T]; ``logprobs`` carries the gradient."""
+    pg, ratio = clipped_surrogate(logprobs, old_logprobs, advantages, eps_low, eps_high, clip)
+    per_token = weights * pg
+    kl_value = torch.zeros((), dtype=logprobs.dtype)
+    if ref_logprobs is not None:
+        kl = kl_penalty(logprobs, ref_logprobs, kl_estimator)
+        if beta != 0.0:
+            per_token = per_token + beta * (kl_weights if kl_weights is not None else 1.0) * kl
+        kl_value = aggregate(kl.detach(), loss_mask, "token_mean", max_new_tokens)
+    if extra is not None:
+        per_token = per_token + extra
+    loss = aggregate(per_token, loss_mask, aggregation, max_new_tokens)
+
+    with torch.no_grad():
+        m = loss_mask.float()
+        n = m.sum().clamp_min(1.0)
+        low = ((ratio < 1.0 - eps_low) & (advantages < 0)).float() if clip else torch.zeros_like(m)
+        high = ((ratio > 1.0 + eps_high) & (advantages > 0)).float() if clip else torch.zeros_like(m)
+        pg_mean = aggregate((weights * pg).detach(), loss_mask, aggregation, max_new_tokens)
+        return LossTerms(
+            loss=loss,
+            pg_loss=float(pg_mean),
+            kl=float(kl_value),
+            clip_frac_low=float((low * m).sum() / n),
+            clip_frac_high=float((high * m).sum() / n),
+            ratio_mean=float((ratio.detach() * m).sum() / n),
+        )

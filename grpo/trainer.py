@@ -1,0 +1,376 @@
+"""The GRPO training loop: rollout -> reward -> advantages -> intervention -> loss -> update -> metrics.
+
+One step, read top to bottom in :meth:`Trainer.step`. The loop knows nothing of any particular intervention:
+it builds the batch's :class:`TokenFacts`, asks the configured intervention for a :class:`TokenCredit`, and
+optimises ``grpo.loss.policy_loss`` with it.
+
+Step numbering: metrics logged at step s describe the policy after s updates (``eval/*`` at step 0 is the
+base model). Every random draw comes from a named ``torch.Generator`` that the checkpoint saves, so a resumed
+run reproduces an uninterrupted one bit for bit on CPU.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from experiments.tasks.base import Example, Task
+from experiments.tracking import Tracker
+from grpo import checkpoint
+from grpo.advantages import group_advantages, informative_groups
+from grpo.config import QuadrlConfig
+from grpo.evaluate import evaluate
+from grpo.loss import policy_loss
+from grpo.model import Policy
+from grpo.rollout import Rollout, response_logprobs, sample
+from interventions.base import Intervention, TokenCredit, TokenFacts
+from interventions.diagnostics import answer_diversity, logprob_change, quadrant_gradient_diagnostics
+from interventions.quadrants import EntropySplit, quadrant_stats, split_quadrants
+
+
+@dataclass
+class Batch:
+    """One rollout batch: G responses for each of its prompts, with rewards and texts."""
+
+    rollout: Rollout
+    examples: list[Example]
+    """One per response (prompt repeated G times)."""
+    texts: list[str]
+    rewards: Tensor
+    group_ids: Tensor
+
+    def select(self, rows: Tensor) -> Batch:
+        r = self.rollout
+        keep = rows.tolist()
+        _, group_ids = torch.unique_consecutive(self.group_ids[rows], return_inverse=True)
+        return Batch(
+            Rollout(r.prompt_ids[rows], r.prompt_mask[rows], r.response_ids[rows], r.response_mask[rows],
+                    r.logprobs[rows], r.entropy[rows]),
+            [self.examples[i] for i in keep], [self.texts[i] for i in keep], self.rewards[rows], group_ids,
+        )
+
+
+def concat_batches(batches: list[Batch], pad_id: int) -> Batch:
+    """Stack batches whose prompts and responses have different widths (left/right padding kept)."""
+    if len(batches) == 1:
+        return batches[0]
+    p_width = max(b.rollout.prompt_ids.shape[1] for b in batches)
+    t_width = max(b.rollout.response_ids.shape[1] for b in batches)
+
+    def pad(x: Tensor, width: int, left: bool, value: float | int | bool) -> Tensor:
+        extra = width - x.shape[1]
+        filler = torch.full((x.shape[0], extra), value, dtype=x.dtype, device=x.device)
+        return torch.cat([filler, x] if left else [x, filler], dim=1)
+
+    r = [b.rollout for b in batches]
+    rollout = Rollout(
+        torch.cat([pad(x.prompt_ids, p_width, True, pad_id) for x in r]),
+        torch.cat([pad(x.prompt_mask, p_width, True, False) for x in r]),
+        torch.cat([pad(x.response_ids, t_width, False, pad_id) for x in r]),
+        torch.cat([pad(x.response_mask, t_width, False, False) for x in r]),
+        torch.cat([pad(x.logprobs, t_width, False, 0.0) for x in r]),
+        torch.cat([pad(x.entropy, t_width, False, 0.0) for x in r]),
+    )
+    offsets, group_ids = 0, []
+    for b in batches:
+        group_ids.append(b.group_ids + offsets)
+        offsets += int(b.group_ids.max()) + 1 if len(b.group_ids) else 0
+    return Batch(
+        rollout,
+        [e for b in batches for e in b.examples],
+        [t for b in batches for t in b.texts],
+        torch.cat([b.rewards for b in batches]),
+        torch.cat(group_ids),
+    )
+
+
+def lr_lambda(schedule: str, warmup: int, total: int):
+    def factor(opt_step: int) -> float:
+        if warmup and opt_step < warmup:
+            return (opt_step + 1) / warmup
+        if schedule == "constant":
+            return 1.0
+        progress = min(1.0, (opt_step - warmup) / max(1, total - warmup))
+        return 1.0 - progress if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+class Trainer:
+    def __init__(
+        self, cfg: QuadrlConfig, policy: Policy, task: Task, intervention: Intervention, tracker: Tracker, run_dir: Path
+    ):
+        self.cfg, self.policy, self.task, self.intervention = cfg, policy, task, intervention
+        self.tracker, self.run_dir = tracker, run_dir
+        self.train_examples = list(task.train())
+        self.diag_split = EntropySplit(**dict(vars(cfg.diagnostics.split)))
+        self.params = [p for p in policy.model.parameters() if p.requires_grad]
+        o = cfg.optim
+        self.optimizer = torch.optim.AdamW(self.params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+        total_opt_steps = cfg.train.steps * cfg.algo.epochs * cfg.algo.minibatches
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_lambda(o.schedule, o.warmup_steps, total_opt_steps)
+        )
+        seed = cfg.seed
+        self.generators = {
+            "sampling": torch.Generator().manual_seed(seed),
+            "intervention": torch.Generator().manual_seed(seed + 1),
+        }
+        self.next_step = 0
+        self.data_epoch, self.data_index = 0, 0
+
+    # ---------------------------------------------------------------- data
+    def _epoch_order(self, epoch: int) -> list[int]:
+        gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
+        return torch.randperm(len(self.train_examples), generator=gen).tolist()
+
+    def next_prompts(self, n: int) -> list[Example]:
+        """The next n training prompts: a fresh seeded permutation per pass over the train split."""
+        out: list[Example] = []
+        order = self._epoch_order(self.data_epoch)
+        while len(out) < n:
+            if self.data_index >= len(order):
+                self.data_epoch, self.data_index = self.data_epoch + 1, 0
+                order = self._epoch_order(self.data_epoch)
+            out.append(self.train_examples[order[self.data_index]])
+            self.data_index += 1
+        return out
+
+    # ---------------------------------------------------------------- rollout
+    def sample_groups(self, examples: list[Example]) -> Batch:
+        g, s, pol = self.cfg.algo.group_size, self.cfg.sampling, self.policy
+        flat = [ex for ex in examples for _ in range(g)]
+        pol.model.eval()
+        roll = sample(
+            pol.model, [pol.encode_prompt(ex.prompt) for ex in flat], max_new_tokens=s.max_new_tokens,
+            eos_id=pol.eos_id, pad_id=pol.pad_id, temperature=s.temperature, top_p=s.top_p,
+            generator=self.generators["sampling"],
+        )
+        pol.model.train()
+        texts = [pol.decode(roll.response_ids[i][roll.response_mask[i]].tolist()) for i in range(len(flat))]
+        rewards = torch.tensor([self.task.reward(ex, t) for ex, t in zip(flat, texts)], dtype=torch.float32)
+        group_ids = torch.arange(len(examples)).repeat_interleave(g)
+        return Batch(roll, flat, texts, rewards, group_ids)
+
+    def rollout(self) -> tuple[Batch, dict[str, float]]:
+        """Sample a batch; with DAPO dynamic sampling keep only groups with reward variance, refilling."""
+        a = self.cfg.algo
+        batch = self.sample_groups(self.next_prompts(a.prompts_per_step))
+        stats = {"train/groups_informative": float(informative_groups(batch.rewards, batch.group_ids).float().mean())}
+        if not a.dynamic_sampling:
+            return batch, stats
+        kept = [batch.select(torch.nonzero(informative_groups(batch.rewards, batch.group_ids)).squeeze(-1))]
+        n_groups = int(kept[0].group_ids.max()) + 1 if len(kept[0].group_ids) else 0
+        for _ in range(a.dynamic_sampling_max_rounds):
+            if n_groups >= a.prompts_per_step:
+                break
+            more = self.sample_groups(self.next_prompts(a.prompts_per_step))
+            rows = torch.nonzero(informative_groups(more.rewards, more.group_ids)).squeeze(-1)
+            if len(rows):
+                kept.append(more.select(rows))
+                n_groups += int(kept[-1].group_ids.max()) + 1
+        kept = [b for b in kept if len(b.group_ids)]
+        if not kept:  # nothing informative: train on the original batch (all advantages are 0)
+            return batch, stats
+        merged = concat_batches(kept, self.policy.pad_id)
+        limit = int(torch.nonzero(merged.group_ids < a.prompts_per_step).max()) + 1
+        merged = merged.select(torch.arange(limit))
+        stats["train/dynamic_sampling_groups"] = float(int(merged.group_ids.max()) + 1)
+        return merged, stats
+
+    # ---------------------------------------------------------------- update
+    def logprobs(self, batch: Batch, rows: Tensor, model: torch.nn.Module | None = None) -> Tensor:
+        r = batch.rollout
+        logp, _ = response_logprobs(
+            model if model is not None else self.policy.model, r.prompt_ids[rows], r.prompt_mask[rows],
+            r.response_ids[rows], r.response_mask[rows], temperature=self.cfg.sampling.temperature,
+            chunk_size=self.cfg.train.logits_chunk,
+        )
+        return logp
+
+    def facts(self, batch: Batch, step: int) -> TokenFacts:
+        a, r = self.cfg.algo, batch.rollout
+        mask = r.response_mask
+        seq_adv = group_advantages(batch.rewards, batch.group_ids, a.scale_adv_by_std, a.adv_eps)
+        everything = torch.arange(len(batch.rewards))
+        old = r.logprobs
+        if a.epochs * a.minibatches > 1:  # later passes are off-policy: freeze pi_old before the first update
+            with torch.no_grad():
+                old = self.logprobs(batch, everything)
+        ref = None
+        if a.beta > 0:
+            module, context = self.policy.reference_context()
+            with torch.no_grad(), context:
+                ref = self.logprobs(batch, everything, module)
+        return TokenFacts(
+            advantages=seq_adv[:, None] * mask, entropy=r.entropy, behaviour_logprobs=r.logprobs,
+            old_logprobs=old, response_mask=mask, group_ids=batch.group_ids, rewards=batch.rewards,
+            step=step, ref_logprobs=ref,
+        )
+
+    def loss(self, facts: TokenFacts, credit: TokenCredit, batch: Batch, rows: Tensor, multiplier: Tensor | None = None,
+             with_extra: bool = True):
+        a = self.cfg.algo
+        logp = self.logprobs(batch, rows)
+        single_pass = a.epochs * a.minibatches == 1
+        old = logp.detach() if single_pass else facts.old_logprobs[rows]  # on-policy: rho = 1 exactly
+        extra = None
+        if with_extra and self.intervention.active(facts.step):
+            extra = self.intervention.extra_loss(facts, credit, logp, rows)
+        weights = credit.weights[rows] if multiplier is None else credit.weights[rows] * multiplier
+        return policy_loss(
+            logp, old, credit.advantages[rows], weights, credit.loss_mask[rows],
+            aggregation=a.loss_aggregation, eps_low=a.eps_low, eps_high=a.eps_high,
+            max_new_tokens=self.cfg.sampling.max_new_tokens, clip=credit.clip, beta=a.beta,
+            ref_logprobs=None if facts.ref_logprobs is None else facts.ref_logprobs[rows],
+            kl_weights=credit.kl_weights[rows], kl_estimator=a.kl_estimator, extra=extra,
+        )
+
+    def minibatches(self, batch: Batch) -> list[Tensor]:
+        """Split the batch into ``algo.minibatches`` row sets of whole groups."""
+        groups = torch.unique(batch.group_ids)
+        return [torch.nonzero(torch.isin(batch.group_ids, chunk)).squeeze(-1)
+                for chunk in torch.tensor_split(groups, self.cfg.algo.minibatches)]
+
+    def step(self, step: int) -> dict[str, float]:
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        batch, metrics = self.rollout()
+        t_rollout = time.perf_counter() - t0
+
+        facts = self.facts(batch, step)
+        credit = TokenCredit.grpo_default(facts)
+        if self.intervention.active(step):
+            credit = self.intervention.credit(facts, credit, self.generators["intervention"])
+        masks = split_quadrants(facts, self.diag_split)
+        metrics.update(quadrant_stats(facts, credit, masks))
+        metrics.update({f"intervention/{k}": v for k, v in credit.info.items()})
+
+        diagnose = cfg.diagnostics.every > 0 and step % cfg.diagnostics.every == 0
+        everything = torch.arange(len(batch.rewards))
+        if diagnose:
+            def loss_for_multiplier(m: Tensor) -> Tensor:
+                return self.loss(facts, credit, batch, everything, multiplier=m, with_extra=False).loss
+            metrics.update(quadrant_gradient_diagnostics(self.params, loss_for_multiplier, masks))
+
+        t1 = time.perf_counter()
+        terms_log: list[Any] = []
+        grad_norms: list[float] = []
+        for _ in range(cfg.algo.epochs):
+            for rows in self.minibatches(batch):
+                terms = self.loss(facts, credit, batch, rows)
+                self.optimizer.zero_grad(set_to_none=True)
+                terms.loss.backward()
+                clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
+                grad_norms.append(float(torch.nn.utils.clip_grad_norm_(self.params, clip)))
+                self.optimizer.step()
+                self.scheduler.step()
+                terms_log.append(terms)
+        t_update = time.perf_counter() - t1
+
+        if diagnose:
+            with torch.no_grad():
+                after = self.logprobs(batch, everything)
+            metrics.update(logprob_change(facts.behaviour_logprobs, after, masks))
+
+        mask = facts.response_mask
+        n_tokens = int(mask.sum())
+        step_time = time.perf_counter() - t0
+        answers = [self.task.extract_answer(t) for t in batch.texts]
+        n = len(terms_log)
+        metrics.update({
+            "train/reward_mean": float(batch.rewards.mean()),
+            "train/reward_std": float(batch.rewards.std()) if len(batch.rewards) > 1 else 0.0,
+            "train/accuracy": float((batch.rewards >= 1.0).float().mean()),
+            "train/loss": sum(float(t.loss) for t in terms_log) / n,
+            "train/pg_loss": sum(t.pg_loss for t in terms_log) / n,
+            "train/kl": sum(t.kl for t in terms_log) / n,
+            "train/clip_frac_low": sum(t.clip_frac_low for t in terms_log) / n,
+            "train/clip_frac_high": sum(t.clip_frac_high for t in terms_log) / n,
+            "train/ratio_mean": sum(t.ratio_mean for t in terms_log) / n,
+            "train/entropy_mean": float((facts.entropy * mask).sum() / max(1, n_tokens)),
+            "train/response_len": n_tokens / len(batch.rewards),
+            "train/grad_norm": sum(grad_norms) / len(grad_norms),
+            "train/lr": float(self.scheduler.get_last_lr()[0]),
+            "train/answer_diversity": answer_diversity(answers, batch.group_ids.tolist()),
+            "perf/step_time_s": step_time,
+            "perf/rollout_time_s": t_rollout,
+            "perf/update_time_s": t_update,
+            "perf/tokens_per_s": n_tokens / step_time,
+            "perf/gen_tokens_per_s": n_tokens / max(t_rollout, 1e-9),
+        })
+        every = cfg.train.log_samples_every
+        if every and step % every == 0:
+            rows = [{"prompt": ex.prompt, "completion": t, "reward": float(r), "advantage": float(a)}
+                    for ex, t, r, a in zip(batch.examples, batch.texts, batch.rewards, facts.sequence_advantages)][:32]
+            self.tracker.log_table(rows, f"samples/step_{step:06d}.json")
+        return metrics
+
+    # ---------------------------------------------------------------- eval, checkpoint, loop
+    def evaluate(self, step: int) -> dict[str, float]:
+        gen = torch.Generator().manual_seed(self.cfg.seed * 7919 + step)  # independent of the training stream
+        metrics, greedy = evaluate(self.policy, self.task, self.cfg.eval, self.cfg.sampling.max_new_tokens, gen)
+        rows = [{"prompt": c.example.prompt, "completion": c.text, "reward": c.reward} for c in greedy[:32]]
+        self.tracker.log_table(rows, f"eval_samples/step_{step:06d}.json")
+        return metrics
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "next_step": self.next_step,
+            "model": self.policy.trainable_state(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": checkpoint.rng_state(self.generators),
+            "data": {"epoch": self.data_epoch, "index": self.data_index},
+            "mlflow_run_id": self.tracker.run_id or "",
+        }
+
+    def save_checkpoint(self) -> None:
+        checkpoint.save(self.run_dir, self.state(), export=lambda d: self.policy.model.save_pretrained(d))
+
+    def load_checkpoint(self, state: dict[str, Any]) -> None:
+        self.policy.load_trainable_state(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        checkpoint.restore_rng(state["rng"], self.generators)
+        self.data_epoch, self.data_index = state["data"]["epoch"], state["data"]["index"]
+        self.next_step = state["next_step"]
+
+    def eval_due(self, steps_done: int) -> bool:
+        every = self.cfg.eval.every
+        return steps_done == 0 or steps_done == self.cfg.train.steps or (every > 0 and steps_done % every == 0)
+
+    def run(self) -> dict[str, float]:
+        cfg = self.cfg
+        final: dict[str, float] = {}
+        if self.next_step == 0 and self.eval_due(0):
+            final = self.evaluate(0)
+            self.tracker.log_metrics(final, 0)
+        progress = None
+        if cfg.train.progress:
+            from tqdm import tqdm
+
+            progress = tqdm(total=cfg.train.steps, initial=self.next_step, desc="grpo", dynamic_ncols=True)
+        for step in range(self.next_step, cfg.train.steps):
+            metrics = self.step(step)
+            self.tracker.log_metrics(metrics, step)
+            self.next_step = step + 1
+            if self.eval_due(self.next_step):
+                final = self.evaluate(self.next_step)
+                self.tracker.log_metrics(final, self.next_step)
+            if self.next_step % cfg.train.checkpoint_every == 0 or self.next_step == cfg.train.steps:
+                self.save_checkpoint()
+            if progress is not None:
+                progress.update(1)
+                progress.set_postfix(reward=f"{metrics['train/reward_mean']:.3f}",
+                                     acc=f"{final.get('eval/accuracy', float('nan')):.3f}",
+                                     tok_s=f"{metrics['perf/tokens_per_s']:.0f}")
+        if progress is not None:
+            progress.close()
+        return final

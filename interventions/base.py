@@ -1,0 +1,203 @@
+"""The one interface between the GRPO core and a token-level credit method.
+
+The core knows nothing of any particular method. Once per rollout it builds a :class:`TokenFacts` (what is
+known about every response token) and a default :class:`TokenCredit` (plain GRPO: every token gets its
+sequence advantage, weight 1), then hands both to the configured intervention(s), in order, each of which
+returns a new :class:`TokenCredit`. During the update the core may also ask each intervention for extra
+per-token loss terms that need the current (grad-carrying) log-probs (KL-Cov does).
+
+The per-token loss the core then optimises is (see ``grpo/loss.py`` for the full derivation)::
+
+    L_t = weight_t * pg_t(advantage_t) + beta * kl_weight_t * KL_t + extra_t
+
+aggregated over the tokens where ``loss_mask`` is true. A weight of 0 freezes a token's policy-gradient
+term but -- unless an intervention also clears ``loss_mask`` -- the token still counts in the normaliser,
+so freezing one group of tokens does not rescale the others.
+
+A new method is one file in ``interventions/`` that subclasses :class:`Intervention`, declares a config
+dataclass, and decorates itself with :func:`register`; plus one YAML in ``conf/intervention/``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class TokenFacts:
+    """Everything known about a batch of B responses padded to T tokens. All tensors are detached.
+
+    Shapes: per-token tensors are ``[B, T]``; per-sequence tensors are ``[B]``.
+    """
+
+    advantages: Tensor
+    """[B, T] float: the GRPO sequence advantage A_i broadcast over its response tokens (0 on padding)."""
+    entropy: Tensor
+    """[B, T] float: entropy (nats) of the sampling distribution pi_old(.|s_t) after temperature."""
+    behaviour_logprobs: Tensor
+    """[B, T] float: log pi_old(o_t|s_t) of the sampled token under the sampling policy."""
+    old_logprobs: Tensor
+    """[B, T] float: log-probs of the policy before this update (equal to behaviour_logprobs on-policy)."""
+    response_mask: Tensor
+    """[B, T] bool: true on real response tokens, false on padding."""
+    group_ids: Tensor
+    """[B] long: which prompt group each response belongs to (0..n_groups-1)."""
+    rewards: Tensor
+    """[B] float: the verifiable reward of each response."""
+    step: int
+    """The training step (0-based) this batch is used at."""
+    ref_logprobs: Tensor | None = None
+    """[B, T] float: log-probs under the reference policy, when a KL term is configured."""
+
+    @property
+    def sequence_advantages(self) -> Tensor:
+        """[B] the (unreshaped) sequence advantage of each response."""
+        mask = self.response_mask.float()
+        return (self.advantages * mask).sum(-1) / mask.sum(-1).clamp_min(1.0)
+
+
+@dataclass(frozen=True)
+class TokenCredit:
+    """What the loss uses for every token. Interventions return modified copies (``dataclasses.replace``)."""
+
+    advantages: Tensor
+    """[B, T] float: the advantage in the clipped surrogate."""
+    weights: Tensor
+    """[B, T] float: multiplies the policy-gradient term; 0 freezes a token, k > 1 amplifies it."""
+    kl_weights: Tensor
+    """[B, T] float: multiplies the KL term (1 on response tokens unless a method masks KL too)."""
+    loss_mask: Tensor
+    """[B, T] bool: tokens that count in the loss normaliser."""
+    clip: bool = True
+    """False makes the surrogate the unclipped -A * rho (KL-Cov's objective)."""
+    info: dict[str, float] = field(default_factory=dict)
+    """Scalars an intervention wants logged (under ``intervention/``), e.g. the entropy threshold it used."""
+
+    @classmethod
+    def grpo_default(cls, facts: TokenFacts) -> TokenCredit:
+        mask = facts.response_mask
+        return cls(
+            advantages=facts.advantages.clone(),
+            weights=mask.float(),
+            kl_weights=mask.float(),
+            loss_mask=mask.clone(),
+        )
+
+    def with_info(self, **values: float) -> TokenCredit:
+        return replace(self, info={**self.info, **{k: float(v) for k, v in values.items()}})
+
+
+class ConfigError(ValueError):
+    """A configuration value that quadrl refuses, raised before any model is loaded."""
+
+
+@dataclass
+class InterventionConfig:
+    """Fields every intervention has. Subclasses add their own (each with a docstring)."""
+
+    name: str = "none"
+    """Registered name of the method (the file name in interventions/ and conf/intervention/)."""
+    start_step: int = 0
+    """First training step (0-based) at which the method acts; before it the batch passes through untouched."""
+    end_step: int | None = None
+    """Step at which the method stops acting (exclusive); None = until the end of training."""
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the field when a value is out of range."""
+        if self.start_step < 0:
+            raise ConfigError(f"intervention '{self.name}': start_step must be >= 0, got {self.start_step}")
+        if self.end_step is not None and self.end_step <= self.start_step:
+            raise ConfigError(
+                f"intervention '{self.name}': empty step window [start_step={self.start_step}, "
+                f"end_step={self.end_step}); end_step must be > start_step or null"
+            )
+
+
+class Intervention:
+    """Base class. Override :meth:`credit` and, if the method needs grad-carrying log-probs, :meth:`extra_loss`."""
+
+    config_class: ClassVar[type[InterventionConfig]] = InterventionConfig
+
+    def __init__(self, config: InterventionConfig):
+        self.config = config
+
+    def active(self, step: int) -> bool:
+        end = self.config.end_step
+        return step >= self.config.start_step and (end is None or step < end)
+
+    def credit(self, facts: TokenFacts, credit: TokenCredit, generator: torch.Generator) -> TokenCredit:
+        """Return the credit to use for this batch. ``generator`` is the only randomness allowed (resumable)."""
+        return credit
+
+    def extra_loss(
+        self, facts: TokenFacts, credit: TokenCredit, logprobs: Tensor, rows: Tensor
+    ) -> Tensor | None:
+        """Optional [b, T] per-token loss terms added to L_t for the minibatch ``rows`` (indices into B).
+
+        ``logprobs`` are the current policy's log-probs of the sampled tokens for those rows, with grad.
+        """
+        return None
+
+
+_REGISTRY: dict[str, type[Intervention]] = {}
+
+
+def register(name: str) -> Callable[[type[Intervention]], type[Intervention]]:
+    """Class decorator: make an intervention available as ``intervention=<name>``."""
+
+    def wrap(cls: type[Intervention]) -> type[Intervention]:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise RuntimeError(f"intervention name '{name}' registered twice")
+        cls.name = name  # type: ignore[attr-defined]
+        _REGISTRY[name] = cls
+        return cls
+
+    return wrap
+
+
+def registered() -> dict[str, type[Intervention]]:
+    from interventions import load_all
+
+    load_all()
+    return dict(_REGISTRY)
+
+
+def config_from_dict(cls: type, values: dict[str, Any], where: str) -> Any:
+    """Build a (possibly nested) config dataclass from a plain dict, refusing unknown keys by name."""
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; valid keys are {sorted(known)}")
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        default = known[key].default
+        nested_type = None
+        if known[key].default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            nested_default = known[key].default_factory()  # type: ignore[misc]
+            if dataclasses.is_dataclass(nested_default):
+                nested_type = type(nested_default)
+        elif dataclasses.is_dataclass(default):
+            nested_type = type(default)
+        if nested_type is not None and isinstance(value, dict):
+            value = config_from_dict(nested_type, value, f"{where}.{key}")
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def build_intervention(values: dict[str, Any]) -> Intervention:
+    """Turn one intervention config dict (``{name: ..., <fields>}``) into a validated instance."""
+    values = dict(values)
+    name = values.get("name", "none")
+    methods = registered()
+    if name not in methods:
+        raise ConfigError(f"unknown intervention '{name}'; registered: {sorted(methods)}")
+    cls = methods[name]
+    config = config_from_dict(cls.config_class, values, f"intervention '{name}'")
+    config.validate()
+    return cls(config)

@@ -1,0 +1,10 @@
+"""``intervention=none``: plain GRPO credit, every response token gets its sequence advantage, weight 1."""
+
+from __future__ import annotations
+
+from interventions.base import Intervention, register
+
+
+@register("none")
+class NoIntervention(Intervention):
+    pass
