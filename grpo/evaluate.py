@@ -1,4 +1,4 @@
-"""Evaluation on a task's test split: greedy accuracy, avg@k, unbiased pass@k, answer diversity.
+"""Evaluation on a task's test split: greedy accuracy, avg@k (logged eval/avg_at_k), unbiased pass@k (eval/pass_at_k), answer diversity.
 
 pass@k (Chen et al. 2021, "Evaluating Large Language Models Trained on Code", arXiv 2107.03374): with n samples
 of which c are correct, the unbiased estimate of P(at least one of k samples is correct) is
@@ -92,9 +92,9 @@ def evaluate(
             n = cfg.n_samples
             groups = generate(policy, task, examples, repeats=n, temperature=cfg.temperature, greedy=False, **kw)
             correct = [sum(c.reward >= 1.0 for c in g) for g in groups]
-            metrics[f"eval/avg@{n}"] = sum(c.reward for g in groups for c in g) / (n * len(groups))
+            metrics[f"eval/avg_at_{n}"] = sum(c.reward for g in groups for c in g) / (n * len(groups))
             for k in cfg.pass_k:
-                metrics[f"eval/pass@{k}"] = sum(pass_at_k(n, c, k) for c in correct) / len(groups)
+                metrics[f"eval/pass_at_{k}"] = sum(pass_at_k(n, c, k) for c in correct) / len(groups)
             metrics["eval/diversity"] = sum(
                 len({c.answer for c in g if c.answer is not None}) / n for g in groups
             ) / len(groups)

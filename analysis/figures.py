@@ -1,0 +1,313 @@
+"""Figures (matplotlib, Agg backend), each saved as PNG and SVG.
+
+* learning curves: mean and 95% bootstrap CI band over seeds per condition, metric vs training step;
+* per-quadrant diagnostics over training (token share, mean entropy, log-prob change, gradient-norm share):
+  one figure per statistic, one panel per quadrant, one line (mean over seeds, CI band) per condition;
+* final metrics: dot (mean over seeds) + error bar (95% CI) per condition, seeds as small points, control
+  highlighted.
+
+Colours come from :func:`condition_colors`, so a condition has the same colour in every figure.
+Figures whose metrics are absent are skipped with a :class:`analysis.stats.Note` (and a log warning).
+All plotting functions expect a history already restricted to the runs to show (e.g. finished runs).
+"""
+
+from __future__ import annotations
+
+import logging
+import textwrap
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from analysis.stats import MetricSummary, Note  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+QUADRANTS = ("pos_high", "pos_low", "neg_high", "neg_low")
+QUADRANT_TITLES = {
+    "pos_high": "pos_high: A>0, high entropy (PHR)",
+    "pos_low": "pos_low: A>0, low entropy (PLR)",
+    "neg_high": "neg_high: A<0, high entropy (NHR)",
+    "neg_low": "neg_low: A<0, low entropy (NLR)",
+}
+QUADRANT_STATS = {
+    "share": "token share",
+    "entropy_mean": "mean entropy (nats)",
+    "logprob_change": "log-prob change",
+    "grad_norm_share": "gradient-norm share",
+}
+CONTROL_COLOR = "black"
+FORMATS = ("png", "svg")
+
+
+def condition_colors(conditions: Sequence[str], control: str | None = None) -> dict[str, str]:
+    """A fixed colour per condition: black for the control, tab10 (tab20 beyond 10) for the rest, sorted."""
+    others = sorted(c for c in set(conditions) if c != control)
+    cmap = plt.get_cmap("tab10" if len(others) <= 10 else "tab20")
+    colors = {c: matplotlib.colors.to_hex(cmap(i % cmap.N)) for i, c in enumerate(others)}
+    if control is not None:
+        colors[control] = CONTROL_COLOR
+    return colors
+
+
+def _label(condition: str, n: int | None = None, control: str | None = None, width: int = 38) -> str:
+    text = condition + (" [control]" if condition == control else "") + (f" (n={n})" if n is not None else "")
+    return "\n".join(textwrap.wrap(text, width)) or text
+
+
+def _save(fig: plt.Figure, out_dir: Path, stem: str) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for fmt in FORMATS:
+        path = out_dir / f"{stem}.{fmt}"
+        fig.savefig(path, dpi=130, bbox_inches="tight")
+        paths.append(path)
+    plt.close(fig)
+    return paths
+
+
+def _stem(metric: str) -> str:
+    return metric.replace("/", "_").replace("@", "_at_")
+
+
+def auto_smooth(history: pd.DataFrame, metric: str, points: int = 60) -> int:
+    """A rolling-mean window giving about ``points`` independent points over the longest curve (>= 1)."""
+    counts = history[history["metric"] == metric].groupby("run_id").size()
+    return max(1, int(counts.max()) // points) if len(counts) else 1
+
+
+def curve_band(
+    history: pd.DataFrame,
+    metric: str,
+    condition: str,
+    *,
+    confidence: float = 0.95,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    smooth: int = 1,
+) -> pd.DataFrame:
+    """Mean over seeds and percentile-bootstrap CI per step of one condition's curves.
+
+    Returns columns step, mean, lo, hi, n (runs with a value at that step); lo/hi are NaN with one run.
+    ``smooth`` > 1 applies a rolling mean of that many logged points to each run before aggregating.
+    """
+    h = history[(history["metric"] == metric) & (history["condition"] == condition)]
+    if h.empty:
+        return pd.DataFrame(columns=["step", "mean", "lo", "hi", "n"])
+    wide = h.pivot_table(index="step", columns="run_id", values="value", aggfunc="last").sort_index()
+    if smooth > 1:
+        wide = wide.rolling(smooth, min_periods=1).mean().where(wide.notna())
+    vals = wide.to_numpy(dtype=float)
+    n = np.sum(~np.isnan(vals), axis=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = np.nanmean(vals, axis=1)
+        lo = hi = np.full(mean.shape, np.nan)
+        if vals.shape[1] >= 2:
+            idx = np.random.default_rng(seed).integers(0, vals.shape[1], size=(n_resamples, vals.shape[1]))
+            boot = np.nanmean(vals[:, idx], axis=2)  # (steps, resamples)
+            alpha = 100 * (1 - confidence) / 2
+            lo, hi = np.nanpercentile(boot, [alpha, 100 - alpha], axis=1)
+            lo, hi = np.where(n >= 2, lo, np.nan), np.where(n >= 2, hi, np.nan)
+    return pd.DataFrame({"step": wide.index.to_numpy(), "mean": mean, "lo": lo, "hi": hi, "n": n})
+
+
+def _draw_condition(
+    ax: plt.Axes, band: pd.DataFrame, color: str, label: str, is_control: bool, band_alpha: float = 0.15
+) -> None:
+    ax.plot(
+        band["step"],
+        band["mean"],
+        color=color,
+        lw=2.2 if is_control else 1.6,
+        label=label,
+        zorder=3 if is_control else 2,
+    )
+    if band["lo"].notna().any():
+        ax.fill_between(band["step"], band["lo"], band["hi"], color=color, alpha=band_alpha, lw=0, zorder=1)
+
+
+def _n_runs(history: pd.DataFrame, metric: str, condition: str) -> int:
+    h = history[(history["metric"] == metric) & (history["condition"] == condition)]
+    return int(h["run_id"].nunique())
+
+
+def _missing(metrics: Sequence[str], what: str) -> Note:
+    note = Note("skipped_figure", f"figure '{what}' skipped: no values for {', '.join(metrics)}")
+    log.warning(note.message)
+    return note
+
+
+def plot_learning_curves(
+    history: pd.DataFrame,
+    metric: str,
+    out_dir: Path,
+    colors: dict[str, str],
+    *,
+    control: str | None = None,
+    smooth: int = 1,
+    seed: int = 0,
+) -> tuple[list[Path], list[Note]]:
+    """Learning curves of ``metric`` per condition (mean + 95% CI band). Returns (paths, notes)."""
+    h = history[history["metric"] == metric]
+    if h.empty:
+        return [], [_missing([metric], f"learning curves of {metric}")]
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    for cond in sorted(h["condition"].unique(), key=lambda c: (c != control, c)):
+        band = curve_band(h, metric, cond, smooth=smooth, seed=seed)
+        _draw_condition(
+            ax,
+            band,
+            colors.get(cond, "grey"),
+            _label(cond, _n_runs(h, metric, cond), control),
+            cond == control,
+        )
+    smooth_note = f", rolling mean over {smooth} points" if smooth > 1 else ""
+    ax.set(
+        xlabel="training step",
+        ylabel=metric,
+        title=f"{metric}: mean over seeds with 95% bootstrap CI{smooth_note}",
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False, title="condition")
+    return _save(fig, out_dir, f"curve_{_stem(metric)}"), []
+
+
+def plot_quadrant_stat(
+    history: pd.DataFrame,
+    stat: str,
+    out_dir: Path,
+    colors: dict[str, str],
+    *,
+    control: str | None = None,
+    smooth: int | None = None,
+    seed: int = 0,
+) -> tuple[list[Path], list[Note]]:
+    """One figure for ``quadrant/<q>/<stat>``: a panel per quadrant, a line per condition."""
+    metrics = [f"quadrant/{q}/{stat}" for q in QUADRANTS]
+    present = [m for m in metrics if (history["metric"] == m).any()]
+    if not present:
+        return [], [_missing(metrics, f"quadrant {stat}")]
+    notes = (
+        []
+        if len(present) == len(metrics)
+        else [_missing([m for m in metrics if m not in present], f"quadrant {stat} (panels left empty)")]
+    )
+    if smooth is None:
+        smooth = max(auto_smooth(history, m) for m in present)
+    conditions = sorted(
+        history.loc[history["metric"].isin(present), "condition"].unique(), key=lambda c: (c != control, c)
+    )
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7), sharex=True)
+    for ax, q, m in zip(axes.flat, QUADRANTS, metrics, strict=True):
+        ax.set_title(QUADRANT_TITLES[q], fontsize=10)
+        ax.grid(alpha=0.3)
+        if m not in present:
+            ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes, color="grey")
+            continue
+        for cond in conditions:
+            band = curve_band(history, m, cond, smooth=smooth, seed=seed)
+            if not band.empty:
+                _draw_condition(
+                    ax, band, colors.get(cond, "grey"), _label(cond, control=control), cond == control, 0.08
+                )
+    for ax in axes[1]:
+        ax.set_xlabel("training step")
+    for ax in axes[:, 0]:
+        ax.set_ylabel(QUADRANT_STATS.get(stat, stat))
+    handles, labels = [], []
+    for ax in axes.flat:
+        for hnd, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            if lab not in labels:
+                handles.append(hnd)
+                labels.append(lab)
+    fig.legend(
+        handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, title="condition"
+    )
+    smooth_note = f"; rolling mean over {smooth} points" if smooth > 1 else ""
+    fig.suptitle(
+        f"Per-quadrant {QUADRANT_STATS.get(stat, stat)} over training "
+        f"(quadrant/<q>/{stat}; mean over seeds, 95% CI{smooth_note})"
+    )
+    fig.tight_layout()
+    return _save(fig, out_dir, f"quadrant_{stat}"), notes
+
+
+def plot_final_metrics(
+    panels: Sequence[tuple[MetricSummary, str]],
+    out_dir: Path,
+    colors: dict[str, str],
+    *,
+    stem: str = "final_metrics",
+) -> tuple[list[Path], list[Note]]:
+    """Dot (mean) + error bar (95% CI) per condition, one panel per (summary, quantity) pair.
+
+    quantity is "final", "best" or "auc". Seeds are drawn as small points; the control is black, bold, and
+    marked by a dashed vertical line at its mean; conditions flagged for too few seeds have hollow dots.
+    """
+    panels = [(s, q) for s, q in panels if not s.per_run.empty]
+    if not panels:
+        return [], [_missing(["(final metrics)"], "final metrics")]
+    conditions = sorted(
+        {c for s, _ in panels for c in s.table["condition"]}, key=lambda c: (c != panels[0][0].control, c)
+    )
+    control = panels[0][0].control
+    ypos = {c: i for i, c in enumerate(reversed(conditions))}
+    fig, axes = plt.subplots(
+        1,
+        len(panels),
+        figsize=(3.6 * len(panels) + 3.2, 0.45 * len(conditions) + 1.8),
+        sharey=True,
+        squeeze=False,
+    )
+    names = {"final": "final", "best": "best", "auc": "mean over training (AUC)"}
+    for ax, (summary, q) in zip(axes[0], panels, strict=True):
+        for row in summary.table.itertuples(index=False):
+            c, y = row.condition, ypos[row.condition]
+            color = colors.get(c, "grey")
+            seeds = summary.per_run.loc[summary.per_run["condition"] == c, q].to_numpy()
+            jitter = np.linspace(-0.15, 0.15, len(seeds)) if len(seeds) > 1 else np.zeros(len(seeds))
+            ax.scatter(seeds, y + jitter, s=10, color=color, alpha=0.45, lw=0, zorder=2)
+            mean, lo, hi = getattr(row, f"{q}_mean"), getattr(row, f"{q}_lo"), getattr(row, f"{q}_hi")
+            if np.isnan(mean):
+                continue
+            if not np.isnan(lo):
+                ax.errorbar(
+                    mean, y, xerr=[[mean - lo], [hi - mean]], color=color, capsize=4, lw=1.6, zorder=3
+                )
+            ax.scatter(
+                [mean],
+                [y],
+                s=50,
+                zorder=4,
+                color=color if not row.flag else "white",
+                edgecolors=color,
+                linewidths=1.6,
+            )
+            if c == control:
+                ax.axvline(mean, color=CONTROL_COLOR, ls="--", lw=0.8, alpha=0.6, zorder=1)
+        ax.set_title(f"{summary.metric}\n{names.get(q, q)}", fontsize=10)
+        ax.set_xlabel(summary.metric)
+        ax.grid(axis="x", alpha=0.3)
+    ax0 = axes[0][0]
+    ax0.set_yticks(list(ypos.values()))
+    n_of = dict(zip(panels[0][0].table["condition"], panels[0][0].table["n"], strict=True))
+    ax0.set_yticklabels([_label(c, n_of.get(c), control=control, width=45) for c in ypos])
+    for tick in ax0.get_yticklabels():
+        if control is not None and tick.get_text().startswith(control):
+            tick.set_fontweight("bold")
+    ax0.set_ylim(-0.6, len(conditions) - 0.4)
+    fig.suptitle(
+        "Per condition: mean over seeds (dot), 95% bootstrap CI (bar), seeds (small dots); "
+        "hollow = too few seeds",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    return _save(fig, out_dir, stem), []
