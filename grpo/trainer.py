@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -222,7 +222,12 @@ class Trainer:
         old = logp.detach() if single_pass else facts.old_logprobs[rows]  # on-policy: rho = 1 exactly
         extra = None
         if with_extra and self.intervention.active(facts.step):
-            extra = self.intervention.extra_loss(facts, credit, logp, rows)
+            seen = facts
+            if single_pass:  # an extra term must see the same pi_old as the surrogate, not the sampler's numerics
+                old_all = facts.old_logprobs.clone()
+                old_all[rows] = old
+                seen = replace(facts, old_logprobs=old_all)
+            extra = self.intervention.extra_loss(seen, credit, logp, rows)
         weights = credit.weights[rows] if multiplier is None else credit.weights[rows] * multiplier
         return policy_loss(
             logp, old, credit.advantages[rows], weights, credit.loss_mask[rows],

@@ -78,6 +78,9 @@ class TokenCredit:
     """False makes the surrogate the unclipped -A * rho (KL-Cov's objective)."""
     info: dict[str, float] = field(default_factory=dict)
     """Scalars an intervention wants logged (under ``intervention/``), e.g. the entropy threshold it used."""
+    extras: dict[str, Tensor] = field(default_factory=dict)
+    """[B, T] tensors a method computed in ``credit()`` and needs again in ``extra_loss`` (KL-Cov's selected
+    tokens); keys are prefixed with the method name. The core passes them through untouched."""
 
     @classmethod
     def grpo_default(cls, facts: TokenFacts) -> TokenCredit:

@@ -1,0 +1,103 @@
+"""``intervention=gtpo``: entropy-weighted token rewards, each polarity apart (arXiv 2508.04349).
+
+Source: Tan et al., "GTPO and GRPO-S: Token and Sequence-Level Reward Shaping with Policy Entropy"
+(arXiv 2508.04349), Group Token Policy Optimization. quadrl could not read the paper itself; the shaping below
+follows its Eqs. 3 and 5 as transcribed by a third-party "paper-exact" re-implementation (textpolicy, tests of
+``compute_gtpo_shaped_rewards``), and the normalisation is quadrl's own (see below) -- check against the paper
+before quoting numbers as "GTPO".
+
+Shaped token rewards (paper). Within one prompt group, for response position t, let O+_t / O-_t be the group's
+responses that are positive / negative and still have a token at t (d_t = |O+_t|, h_t = |O-_t|)::
+
+    r+_{i,t} = alpha1 * 1  + alpha2 * d_t * H_{i,t} / sum_{k in O+_t} H_{k,t}              i in O+_t   (Eq. 3)
+    r-_{j,t} = alpha1 * -1 - alpha2 * h_t * (1/H_{j,t}) / sum_{k in O-_t} (1/H_{k,t})      j in O-_t   (Eq. 5)
+
+so in correct responses high-entropy tokens get more reward, and in wrong ones *confident* (low-entropy) tokens
+get more penalty. The paper uses alpha1 = 1, alpha2 = 0.1. quadrl adds ``eps`` to every H (H + eps in Eq. 3,
+1 / (H + eps) in Eq. 5), so all-zero entropies at a position give equal shares and 1/0 cannot occur.
+
+Write w_{i,t} = d_t * H_{i,t} / sum H (resp. h_t * (1/H) / sum 1/H): at every position the w of one polarity sum to
+d_t (resp. h_t), i.e. w has mean exactly 1 over each polarity's tokens in the group.
+
+Advantage (quadrl, sign-preserving). The paper's Eq. 6 standardises the positive and the negative shaped
+rewards separately (z-scores), which can flip the sign of below-average tokens. quadrl instead rescales the
+incoming advantage by the shaped reward relative to its polarity-and-group mean, |r| / mean|r|::
+
+    A'_{i,t} = A_{i,t} * (alpha1 + alpha2 * w_{i,t}) / (alpha1 + alpha2)
+
+which keeps every token's sign (alpha1 > 0), leaves tokens with A = 0 unchanged, and -- for 0/1 rewards, where A
+is constant within a polarity of a group -- conserves the sum of the advantages over each polarity's tokens in
+the group (entropy only redistributes credit). Polarity is the sign of the incoming ``credit.advantages`` per
+token (the GRPO sequence advantage unless an earlier step changed it); position t is the response column.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+from torch import Tensor
+
+from interventions import _validate as check
+from interventions.base import Intervention, InterventionConfig, TokenCredit, TokenFacts, register
+
+
+@dataclass
+class GtpoConfig(InterventionConfig):
+    name: str = "gtpo"
+    """Registered name of the method."""
+    alpha1: float = 1.0
+    """Weight of the sequence reward (+1 / -1) in the shaped token reward; > 0."""
+    alpha2: float = 0.1
+    """Weight of the entropy share in the shaped token reward; >= 0 (0 gives back the incoming advantage)."""
+    eps: float = 1e-8
+    """Added to every entropy before the shares (H + eps, 1 / (H + eps)); > 0."""
+
+    def validate(self) -> None:
+        super().validate()
+        where = check.where(self)
+        check.number(where, "alpha1", self.alpha1, low=0.0, low_open=True)
+        check.number(where, "alpha2", self.alpha2, low=0.0)
+        check.number(where, "eps", self.eps, low=0.0, low_open=True)
+
+
+def _share(values: Tensor, members: Tensor, group_ids: Tensor, n_groups: int) -> Tensor:
+    """w = count_{g,t} * v / sum_{g,t} v over the members of each (group, position); 0 for non-members."""
+    v = values * members
+    onehot = torch.zeros(n_groups, values.shape[0], dtype=values.dtype, device=values.device)
+    onehot[group_ids, torch.arange(values.shape[0], device=values.device)] = 1.0
+    total = (onehot @ v)[group_ids]  # [B, T]: sum over the token's group at its position
+    count = (onehot @ members)[group_ids]
+    return torch.where(members > 0, count * v / total.clamp_min(torch.finfo(values.dtype).tiny), 0.0)
+
+
+def entropy_shares(facts: TokenFacts, advantages: Tensor, eps: float) -> Tensor:
+    """[B, T] float64 w_{i,t} (module docstring): Eq. 3 share on A > 0 tokens, Eq. 5 share on A < 0, 0 elsewhere."""
+    mask = facts.response_mask.bool()
+    if mask.shape[0] == 0:
+        return torch.zeros(mask.shape, dtype=torch.float64)
+    group_ids = facts.group_ids.long().to(mask.device)
+    n_groups = int(group_ids.max()) + 1
+    h = facts.entropy.double().clamp_min(0.0) + eps
+    pos = (mask & (advantages > 0)).double()
+    neg = (mask & (advantages < 0)).double()
+    return _share(h, pos, group_ids, n_groups) + _share(1.0 / h, neg, group_ids, n_groups)
+
+
+@register("gtpo")
+class Gtpo(Intervention):
+    config_class = GtpoConfig
+    config: GtpoConfig
+
+    def credit(self, facts: TokenFacts, credit: TokenCredit, generator: torch.Generator) -> TokenCredit:
+        cfg = self.config
+        adv = credit.advantages.double()
+        w = entropy_shares(facts, adv, cfg.eps)
+        moved = facts.response_mask.bool() & (adv != 0)
+        factor = torch.where(moved, (cfg.alpha1 + cfg.alpha2 * w) / (cfg.alpha1 + cfg.alpha2), 1.0)
+        new = (adv * factor).to(credit.advantages.dtype)
+        info = {
+            "gtpo/factor_min": float(factor[moved].min()) if bool(moved.any()) else 1.0,
+            "gtpo/factor_max": float(factor[moved].max()) if bool(moved.any()) else 1.0,
+        }
+        return replace(credit, advantages=new).with_info(**info)

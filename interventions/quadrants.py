@@ -1,0 +1,190 @@
+"""The polarity x entropy split of response tokens into four quadrants (arXiv 2604.11056), and its statistics.
+
+Not a method (no ``@register``): the ``quadrant`` intervention, the trainer's diagnostics and the analysis use it.
+
+Polarity is the sign of the GRPO sequence advantage *before* any reshaping (``facts.advantages``); tokens with
+A = 0 (groups whose rewards are all equal) and padding are in no quadrant. Entropy is ``facts.entropy``, the
+entropy of the sampling distribution pi_old(.|s_t) after temperature.
+
+High vs low entropy (the one rule, for both quantile modes)
+------------------------------------------------------------
+Let the *pool* be the response tokens the threshold is computed over (the whole batch for ``batch_quantile``,
+one sequence for ``sequence_quantile``), n its size and f = ``high_fraction``::
+
+    k   = ceil(f * n)                                       (top 20% "rounded up")
+    tau = the (k+1)-th largest entropy in the pool          (sorted descending, 0-based index k),
+          or the pool's smallest entropy when k >= n
+    high  <=>  H_t > tau                                    (strictly above)
+
+Consequences, all tested:
+- distinct entropies: exactly k tokens are high (k = f*n when f*n is an integer);
+- ties at the boundary all count as *low*, so at most k tokens are high (never more than the fraction asked);
+- all entropies equal: no token is high (there is no "high" in a constant distribution);
+- the pool's minimum is never high.
+This is ``torch.quantile(H, 1 - f, interpolation="lower")`` with a strict ``>`` for distinct values, but is
+computed by rank in integers so that floating-point error in (n - 1) * (1 - f) cannot move the boundary.
+
+``absolute``: high <=> H_t >= ``threshold`` (nats) -- "at or above", as grpo/config.py documents it.
+
+The threshold that was used is reported as ``masks.threshold`` (for ``sequence_quantile`` the mean over the
+non-empty sequences of their tau) and logged as ``quadrant/entropy_threshold``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from interventions import _validate as check
+from interventions.base import ConfigError, TokenCredit, TokenFacts
+
+QUADRANTS = ("pos_high", "pos_low", "neg_high", "neg_low")
+"""The four quadrants: polarity (sign of the sequence advantage) x entropy (high / low)."""
+
+SPLIT_MODES = ("batch_quantile", "sequence_quantile", "absolute")
+
+
+@dataclass
+class EntropySplit:
+    """How response tokens are called high- or low-entropy (see the module docstring for the exact rule)."""
+
+    mode: str = "batch_quantile"
+    """``batch_quantile``: the top ``high_fraction`` of the batch's response tokens by entropy are high;
+    ``sequence_quantile``: the same rule within each response; ``absolute``: entropy >= ``threshold``."""
+    high_fraction: float = 0.2
+    """Fraction of the pool called high in the quantile modes, in (0, 1); k = ceil(high_fraction * n)."""
+    threshold: float | None = None
+    """Entropy in nats for ``mode: absolute`` (high <=> H >= threshold); required there, ignored otherwise."""
+
+    def validate(self, where: str = "entropy split") -> None:
+        check.choice(where, "split.mode", self.mode, SPLIT_MODES)
+        check.number(
+            where, "split.high_fraction", self.high_fraction, low=0.0, high=1.0, low_open=True, high_open=True
+        )
+        if self.mode == "absolute":
+            if self.threshold is None:
+                raise ConfigError(f"{where}: split.threshold is required when split.mode is 'absolute'")
+            check.number(where, "split.threshold", self.threshold, low=0.0)
+
+
+@dataclass(frozen=True)
+class QuadrantMasks:
+    """[B, T] bool masks of the four quadrants (disjoint; none contains padding or A = 0 tokens)."""
+
+    pos_high: Tensor
+    """A > 0 and high entropy (PHR)."""
+    pos_low: Tensor
+    """A > 0 and low entropy (PLR)."""
+    neg_high: Tensor
+    """A < 0 and high entropy (NHR)."""
+    neg_low: Tensor
+    """A < 0 and low entropy (NLR)."""
+    high: Tensor
+    """[B, T] bool: high-entropy response tokens, any polarity (A = 0 tokens included)."""
+    zero_adv: Tensor
+    """[B, T] bool: response tokens with A = 0 (in no quadrant)."""
+    threshold: float
+    """The entropy threshold used (quantile modes: tokens strictly above it are high; absolute: at or above)."""
+    mode: str
+    """The split mode used."""
+
+    def __getitem__(self, name: str) -> Tensor:
+        if name not in QUADRANTS:
+            raise KeyError(f"unknown quadrant '{name}'; quadrants are {list(QUADRANTS)}")
+        return getattr(self, name)
+
+    def items(self) -> Iterator[tuple[str, Tensor]]:
+        for name in QUADRANTS:
+            yield name, getattr(self, name)
+
+    def per_token(self, values: dict[str, float], default: float = 1.0) -> Tensor:
+        """[B, T] float: ``values[q]`` on quadrant q's tokens, ``default`` elsewhere (A = 0 tokens, padding)."""
+        out = torch.full(self.high.shape, float(default), dtype=torch.float32, device=self.high.device)
+        for name, mask in self.items():
+            if name in values:
+                out = torch.where(mask, torch.as_tensor(float(values[name]), device=out.device), out)
+        return out
+
+
+def _rank_threshold(sorted_desc: Tensor, n: Tensor, fraction: float) -> Tensor:
+    """tau per row: sorted_desc [R, M] (descending, padded with -inf), n [R] pool sizes (>= 1)."""
+    # k = ceil(f * n), with f * n rounded to 6 decimals first so that e.g. 0.2 * 15 = 3.0000000000000004 -> 3
+    k = torch.ceil(torch.round(fraction * n.double() * 1e6) / 1e6).long()
+    index = torch.minimum(k, n - 1).clamp_min(0)
+    return sorted_desc.gather(1, index[:, None]).squeeze(1)
+
+
+def entropy_high_mask(entropy: Tensor, response_mask: Tensor, split: EntropySplit) -> tuple[Tensor, float]:
+    """[B, T] bool high-entropy response tokens and the threshold used (module docstring)."""
+    mask = response_mask.bool()
+    if split.mode == "absolute":
+        assert split.threshold is not None
+        return (entropy >= split.threshold) & mask, float(split.threshold)
+    if split.mode == "batch_quantile":
+        pool = entropy[mask]
+        if pool.numel() == 0:
+            return torch.zeros_like(mask), math.nan
+        n = torch.tensor([pool.numel()], device=entropy.device)
+        tau = _rank_threshold(pool.sort(descending=True).values[None, :], n, split.high_fraction)[0]
+        return (entropy > tau) & mask, float(tau)
+    if split.mode == "sequence_quantile":
+        filled = entropy.masked_fill(~mask, -math.inf)
+        n = mask.sum(-1)
+        tau = _rank_threshold(
+            filled.sort(dim=-1, descending=True).values, n.clamp_min(1), split.high_fraction
+        )
+        nonempty = n > 0
+        tau = torch.where(nonempty, tau, torch.full_like(tau, math.inf))
+        high = (entropy > tau[:, None]) & mask
+        threshold = float(tau[nonempty].double().mean()) if bool(nonempty.any()) else math.nan
+        return high, threshold
+    raise ValueError(f"unknown entropy split mode '{split.mode}'")
+
+
+def split_quadrants(facts: TokenFacts, split: EntropySplit) -> QuadrantMasks:
+    """Assign every response token with A != 0 to one quadrant (sign of ``facts.advantages`` x entropy)."""
+    mask = facts.response_mask.bool()
+    high, threshold = entropy_high_mask(facts.entropy, mask, split)
+    pos = (facts.advantages > 0) & mask
+    neg = (facts.advantages < 0) & mask
+    return QuadrantMasks(
+        pos_high=pos & high,
+        pos_low=pos & ~high,
+        neg_high=neg & high,
+        neg_low=neg & ~high,
+        high=high,
+        zero_adv=mask & ~pos & ~neg,
+        threshold=threshold,
+        mode=split.mode,
+    )
+
+
+def _masked_mean(values: Tensor, mask: Tensor) -> float:
+    n = int(mask.sum())
+    return float(values[mask].double().sum() / n) if n else math.nan
+
+
+@torch.no_grad()
+def quadrant_stats(facts: TokenFacts, credit: TokenCredit, masks: QuadrantMasks) -> dict[str, float]:
+    """Per-step statistics of the split (no gradients). For q in QUADRANTS and for ``zero_adv``:
+
+    - ``quadrant/<q>/share``: tokens of q / response tokens (0 when the batch has no response token);
+    - ``quadrant/<q>/entropy_mean``: mean entropy over q's tokens;
+    - ``quadrant/<q>/adv_mean``: mean of the *final* advantage (``credit.advantages``) over q's tokens;
+    - ``quadrant/<q>/weight_mean``: mean of ``credit.weights`` over q's tokens;
+    - ``quadrant/entropy_threshold``: the threshold used (``masks.threshold``).
+    Means over an empty quadrant are NaN (undefined, not 0), so that averaging over steps can skip them.
+    """
+    n_resp = int(facts.response_mask.sum())
+    out: dict[str, float] = {"quadrant/entropy_threshold": float(masks.threshold)}
+    groups = [*masks.items(), ("zero_adv", masks.zero_adv)]
+    for name, mask in groups:
+        out[f"quadrant/{name}/share"] = float(mask.sum()) / n_resp if n_resp else 0.0
+        out[f"quadrant/{name}/entropy_mean"] = _masked_mean(facts.entropy, mask)
+        out[f"quadrant/{name}/adv_mean"] = _masked_mean(credit.advantages, mask)
+        out[f"quadrant/{name}/weight_mean"] = _masked_mean(credit.weights, mask)
+    return out

@@ -1,0 +1,71 @@
+"""HAPO properties over random inputs (hypothesis): sign kept, |A'| within |A| (1 -+ alpha/phi), A = 0 kept."""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from interventions import TokenCredit, TokenFacts, build_intervention
+
+
+@st.composite
+def batches(draw):
+    b = draw(st.integers(1, 5))
+    t = draw(st.integers(1, 6))
+    adv = draw(
+        st.lists(
+            st.one_of(st.just(0.0), st.floats(1e-3, 10.0), st.floats(-10.0, -1e-3)), min_size=b, max_size=b
+        )
+    )
+    ent = draw(st.lists(st.floats(0.0, 8.0), min_size=b * t, max_size=b * t))
+    lengths = draw(st.lists(st.integers(0, t), min_size=b, max_size=b))
+    groups = draw(st.lists(st.integers(0, 2), min_size=b, max_size=b))
+    mask = torch.arange(t)[None, :] < torch.tensor(lengths)[:, None]
+    entropy = torch.tensor(ent, dtype=torch.float32).reshape(b, t) * mask
+    advantages = torch.tensor(adv, dtype=torch.float32)[:, None] * mask
+    # group ids must be 0..n-1
+    remap = {g: i for i, g in enumerate(sorted(set(groups)))}
+    zeros = torch.zeros(b, t)
+    return TokenFacts(
+        advantages=advantages,
+        entropy=entropy,
+        behaviour_logprobs=zeros,
+        old_logprobs=zeros,
+        response_mask=mask,
+        group_ids=torch.tensor([remap[g] for g in groups]),
+        rewards=torch.zeros(b),
+        step=0,
+    )
+
+
+@st.composite
+def hapo_configs(draw):
+    phi = draw(st.floats(0.05, 5.0))
+    alpha = draw(st.floats(0.0, 0.999)) * phi
+    scope = draw(st.sampled_from(["batch", "group", "sequence"]))
+    return {"name": "hapo", "alpha": alpha, "phi": phi, "scope": scope}
+
+
+@settings(max_examples=200, deadline=None)
+@given(facts=batches(), config=hapo_configs())
+def test_hapo_keeps_sign_and_bounds_magnitude(facts, config):
+    out = build_intervention(config).credit(facts, TokenCredit.grpo_default(facts), torch.Generator())
+    a = facts.advantages.double()
+    new = out.advantages.double()
+    assert torch.equal(torch.sign(new), torch.sign(a))  # zero stays zero, signs never flip
+    r = config["alpha"] / config["phi"]
+    tol = 1e-6 * a.abs() + 1e-12  # float32 storage of A'
+    assert bool((new.abs() >= a.abs() * (1 - r) - tol).all())
+    assert bool((new.abs() <= a.abs() * (1 + r) + tol).all())
+    assert torch.equal(out.weights, facts.response_mask.float())
+
+
+@settings(max_examples=100, deadline=None)
+@given(facts=batches())
+def test_hapo_defaults_stay_within_ten_percent(facts):
+    out = build_intervention({"name": "hapo"}).credit(
+        facts, TokenCredit.grpo_default(facts), torch.Generator()
+    )
+    ratio = out.advantages.double()[facts.advantages != 0] / facts.advantages.double()[facts.advantages != 0]
+    assert bool((ratio >= 0.9 - 1e-6).all()) and bool((ratio <= 1.1 + 1e-6).all())
