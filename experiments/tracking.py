@@ -39,7 +39,9 @@ def ensure_experiment(uri: str, name: str) -> str:
 def git_commit() -> str:
     try:
         root = Path(__file__).resolve().parents[1]
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5
+        )
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -66,7 +68,9 @@ class Tracker:
         self.experiment_id = ensure_experiment(uri, experiment) if enabled else ""
         self.run_id: str | None = None
 
-    def start(self, run_id: str | None, run_name: str, params: dict[str, str], tags: dict[str, str]) -> str | None:
+    def start(
+        self, run_id: str | None, run_name: str, params: dict[str, str], tags: dict[str, str]
+    ) -> str | None:
         """Resume ``run_id`` when given (params are not re-logged), else create a run."""
         if not self.enabled:
             return None

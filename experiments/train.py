@@ -37,6 +37,19 @@ def job_overrides() -> list[str]:
         return []
 
 
+def sweep_parent() -> str | None:
+    """The parent run of this job's sweep (written by experiments.sweep.SweepTracking), if any."""
+    from hydra.types import RunMode
+
+    from experiments.sweep import parent_run_id
+
+    try:
+        hc = HydraConfig.get()
+    except ValueError:
+        return None
+    return parent_run_id(hc.sweep.dir) if hc.mode == RunMode.MULTIRUN else None
+
+
 def condition_of(overrides: list[str]) -> str:
     """A job's condition: its overrides without the seed (how analysis groups seeds)."""
     rest = sorted(o for o in overrides if not o.lstrip("+~").startswith("seed="))
@@ -59,8 +72,11 @@ def model_path(cfg: QuadrlConfig, task_params: dict[str, Any]) -> Path:
 
     params = {k: v for k, v in task_params.items() if k != "name"}
     return ensure_base_model(
-        task_params["name"], params, seed=cfg.model.base_seed, tracking_uri=cfg.tracking.uri if cfg.tracking.enabled
-        else None, max_seconds=cfg.model.base_max_seconds,
+        task_params["name"],
+        params,
+        seed=cfg.model.base_seed,
+        tracking_uri=cfg.tracking.uri if cfg.tracking.enabled else None,
+        max_seconds=cfg.model.base_max_seconds,
     )
 
 
@@ -84,7 +100,7 @@ def run(raw: DictConfig) -> dict[str, float]:
 
     tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.enabled)
     overrides = job_overrides()
-    parent = cfg.tracking.parent_run_id or os.environ.get("QUADRL_PARENT_RUN_ID")
+    parent = cfg.tracking.parent_run_id or os.environ.get("QUADRL_PARENT_RUN_ID") or sweep_parent()
     tags = {
         "quadrl.git_commit": git_commit(),
         "quadrl.task": task_params["name"],
@@ -95,9 +111,15 @@ def run(raw: DictConfig) -> dict[str, float]:
         "quadrl.condition": condition_of(overrides),
         "quadrl.run_dir": str(run_dir),
     }
+    for override in overrides:
+        key, _, value = override.lstrip("+~").partition("=")
+        tags[f"override.{key}"] = value
     if parent:
         tags["mlflow.parentRunId"] = parent
-    name = cfg.tracking.run_name or f"{task_params['name']}-{intervention_params.get('name', 'none')}-s{cfg.seed}"
+    name = (
+        cfg.tracking.run_name
+        or f"{task_params['name']}-{intervention_params.get('name', 'none')}-s{cfg.seed}"
+    )
     resolved = OmegaConf.to_container(raw, resolve=True)
     run_id = tracker.start(run_id, name, flatten(resolved), tags)
     if run_id:
@@ -109,8 +131,12 @@ def run(raw: DictConfig) -> dict[str, float]:
         base_info = path / "quadrl_base.json"
         if base_info.is_file():
             info = json.loads(base_info.read_text())
-            tracker.set_tags({"quadrl.base_model_version": str(info.get("version")),
-                              "quadrl.base_model_accuracy": str(info.get("test_accuracy"))})
+            tracker.set_tags(
+                {
+                    "quadrl.base_model_version": str(info.get("version")),
+                    "quadrl.base_model_accuracy": str(info.get("test_accuracy")),
+                }
+            )
         policy = load_policy(cfg.model, path, need_reference=cfg.algo.beta > 0, seed=cfg.seed)
         trainer = Trainer(cfg, policy, task, intervention, tracker, run_dir)
         if state is not None:

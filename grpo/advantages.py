@@ -15,7 +15,9 @@ import torch
 from torch import Tensor
 
 
-def group_advantages(rewards: Tensor, group_ids: Tensor, scale_by_std: bool = True, eps: float = 1e-4) -> Tensor:
+def group_advantages(
+    rewards: Tensor, group_ids: Tensor, scale_by_std: bool = True, eps: float = 1e-4
+) -> Tensor:
     """[B] rewards, [B] group ids (0..n-1) -> [B] advantages."""
     n_groups = int(group_ids.max().item()) + 1
     ones = torch.ones_like(rewards)
@@ -26,13 +28,18 @@ def group_advantages(rewards: Tensor, group_ids: Tensor, scale_by_std: bool = Tr
     if not scale_by_std:
         return centred
     sq = torch.zeros(n_groups, dtype=rewards.dtype).index_add_(0, group_ids, centred**2)
-    std = (sq / (count - 1).clamp_min(1)).sqrt()
-    return centred / (std[group_ids] + eps)
+    std = (sq / (count - 1).clamp_min(1)).sqrt()[group_ids]
+    # an all-equal group has centred == 0: keep it exactly 0 even when eps = 0
+    return torch.where(centred == 0, torch.zeros_like(centred), centred / (std + eps))
 
 
 def informative_groups(rewards: Tensor, group_ids: Tensor) -> Tensor:
     """[B] bool: true for responses whose group has non-zero reward variance (DAPO dynamic sampling)."""
     n_groups = int(group_ids.max().item()) + 1
-    high = torch.full((n_groups,), -torch.inf, dtype=rewards.dtype).scatter_reduce(0, group_ids, rewards, "amax")
-    low = torch.full((n_groups,), torch.inf, dtype=rewards.dtype).scatter_reduce(0, group_ids, rewards, "amin")
+    high = torch.full((n_groups,), -torch.inf, dtype=rewards.dtype).scatter_reduce(
+        0, group_ids, rewards, "amax"
+    )
+    low = torch.full((n_groups,), torch.inf, dtype=rewards.dtype).scatter_reduce(
+        0, group_ids, rewards, "amin"
+    )
     return (high > low)[group_ids]

@@ -216,7 +216,10 @@ def validate(cfg: QuadrlConfig) -> None:
             value = getattr(value, part)
         _check(value in choices, f"{key}={value!r} is not one of {list(choices)}")
     a, s, o, t, e = cfg.algo, cfg.sampling, cfg.optim, cfg.train, cfg.eval
-    _check(a.group_size >= 2, f"algo.group_size must be >= 2 (group advantages need 2 samples), got {a.group_size}")
+    _check(
+        a.group_size >= 2,
+        f"algo.group_size must be >= 2 (group advantages need 2 samples), got {a.group_size}",
+    )
     _check(a.prompts_per_step >= 1, f"algo.prompts_per_step must be >= 1, got {a.prompts_per_step}")
     _check(0 <= a.eps_low < 1, f"algo.eps_low must be in [0, 1), got {a.eps_low}")
     _check(a.eps_high >= 0, f"algo.eps_high must be >= 0, got {a.eps_high}")
@@ -230,12 +233,18 @@ def validate(cfg: QuadrlConfig) -> None:
     _check(0 < s.top_p <= 1, f"sampling.top_p must be in (0, 1], got {s.top_p}")
     _check(s.max_new_tokens >= 1, f"sampling.max_new_tokens must be >= 1, got {s.max_new_tokens}")
     _check(o.lr > 0 and math.isfinite(o.lr), f"optim.lr must be a positive number, got {o.lr}")
-    _check(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), f"optim.betas must be two values in [0,1), got {o.betas}")
+    _check(
+        len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas),
+        f"optim.betas must be two values in [0,1), got {o.betas}",
+    )
     _check(o.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {o.warmup_steps}")
     _check(t.steps >= 0, f"train.steps must be >= 0, got {t.steps}")
     _check(t.checkpoint_every >= 1, f"train.checkpoint_every must be >= 1, got {t.checkpoint_every}")
     _check(t.logits_chunk >= 1, f"train.logits_chunk must be >= 1, got {t.logits_chunk}")
-    _check(e.every >= 0 and e.n_prompts >= 1, f"eval.every must be >= 0 and eval.n_prompts >= 1, got {e.every}, {e.n_prompts}")
+    _check(
+        e.every >= 0 and e.n_prompts >= 1,
+        f"eval.every must be >= 0 and eval.n_prompts >= 1, got {e.every}, {e.n_prompts}",
+    )
     _check(e.n_samples >= 0, f"eval.n_samples must be >= 0, got {e.n_samples}")
     _check(
         all(1 <= k <= e.n_samples for k in e.pass_k) or e.n_samples == 0,
@@ -244,9 +253,18 @@ def validate(cfg: QuadrlConfig) -> None:
     _check(cfg.diagnostics.every >= 0, f"diagnostics.every must be >= 0, got {cfg.diagnostics.every}")
     _check(0 < cfg.diagnostics.split.high_fraction < 1, "diagnostics.split.high_fraction must be in (0, 1)")
     lora = cfg.model.lora
-    _check(lora.r >= 1 and lora.alpha > 0 and 0 <= lora.dropout < 1, f"model.lora values out of range: {lora}")
+    _check(
+        lora.r >= 1 and lora.alpha > 0 and 0 <= lora.dropout < 1, f"model.lora values out of range: {lora}"
+    )
     if cfg.model.source == "local":
-        _check(cfg.model.path is not None, "model.source=local needs model.path=<a local Hugging Face directory>")
+        _check(
+            cfg.model.path is not None, "model.source=local needs model.path=<a local Hugging Face directory>"
+        )
         path = Path(str(cfg.model.path)).expanduser()
-        _check(path.is_dir(), f"model.path={cfg.model.path!r}: no such directory (models are never downloaded)")
-        _check((path / "config.json").is_file(), f"model.path={cfg.model.path!r} has no config.json: not a model dir")
+        _check(
+            path.is_dir(), f"model.path={cfg.model.path!r}: no such directory (models are never downloaded)"
+        )
+        _check(
+            (path / "config.json").is_file(),
+            f"model.path={cfg.model.path!r} has no config.json: not a model dir",
+        )

@@ -86,11 +86,15 @@ def evaluate(
     policy.model.eval()
     try:
         kw = dict(max_new_tokens=max_new_tokens, batch_size=cfg.batch_size, generator=generator)
-        greedy = [g[0] for g in generate(policy, task, examples, repeats=1, temperature=1.0, greedy=True, **kw)]
+        greedy = [
+            g[0] for g in generate(policy, task, examples, repeats=1, temperature=1.0, greedy=True, **kw)
+        ]
         metrics = {"eval/accuracy": sum(c.reward for c in greedy) / len(greedy)}
         if cfg.n_samples > 0:
             n = cfg.n_samples
-            groups = generate(policy, task, examples, repeats=n, temperature=cfg.temperature, greedy=False, **kw)
+            groups = generate(
+                policy, task, examples, repeats=n, temperature=cfg.temperature, greedy=False, **kw
+            )
             correct = [sum(c.reward >= 1.0 for c in g) for g in groups]
             metrics[f"eval/avg_at_{n}"] = sum(c.reward for g in groups for c in g) / (n * len(groups))
             for k in cfg.pass_k:

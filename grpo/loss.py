@@ -34,7 +34,12 @@ KLEstimator = Literal["k1", "k3"]
 
 
 def clipped_surrogate(
-    logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, eps_low: float, eps_high: float, clip: bool = True
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    eps_low: float,
+    eps_high: float,
+    clip: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """Per-token policy-gradient loss pg_t and the ratio rho_t (both [B, T])."""
     ratio = torch.exp(logprobs - old_logprobs)

@@ -40,7 +40,9 @@ class Rollout:
         return int(self.response_mask.sum())
 
 
-def left_pad(sequences: list[list[int]], pad_id: int, device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
+def left_pad(
+    sequences: list[list[int]], pad_id: int, device: torch.device | str = "cpu"
+) -> tuple[Tensor, Tensor]:
     width = max(len(s) for s in sequences)
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(sequences), width), dtype=torch.bool)
@@ -90,7 +92,9 @@ def sample(
     prompt_ids, prompt_mask = left_pad(prompts, pad_id, device)
     batch = prompt_ids.shape[0]
     attention = prompt_mask.long()
-    out = model(input_ids=prompt_ids, attention_mask=attention, position_ids=positions(prompt_mask), use_cache=True)
+    out = model(
+        input_ids=prompt_ids, attention_mask=attention, position_ids=positions(prompt_mask), use_cache=True
+    )
     cache, next_logits = out.past_key_values, out.logits[:, -1, :]
     next_pos = prompt_mask.long().sum(-1, keepdim=True)
 
@@ -116,7 +120,11 @@ def sample(
             break
         attention = torch.cat([attention, live.long()[:, None]], dim=-1)
         out = model(
-            input_ids=token[:, None], attention_mask=attention, position_ids=next_pos, past_key_values=cache, use_cache=True
+            input_ids=token[:, None],
+            attention_mask=attention,
+            position_ids=next_pos,
+            past_key_values=cache,
+            use_cache=True,
         )
         cache, next_logits = out.past_key_values, out.logits[:, -1, :]
         next_pos = next_pos + 1

@@ -50,9 +50,18 @@ class Batch:
         keep = rows.tolist()
         _, group_ids = torch.unique_consecutive(self.group_ids[rows], return_inverse=True)
         return Batch(
-            Rollout(r.prompt_ids[rows], r.prompt_mask[rows], r.response_ids[rows], r.response_mask[rows],
-                    r.logprobs[rows], r.entropy[rows]),
-            [self.examples[i] for i in keep], [self.texts[i] for i in keep], self.rewards[rows], group_ids,
+            Rollout(
+                r.prompt_ids[rows],
+                r.prompt_mask[rows],
+                r.response_ids[rows],
+                r.response_mask[rows],
+                r.logprobs[rows],
+                r.entropy[rows],
+            ),
+            [self.examples[i] for i in keep],
+            [self.texts[i] for i in keep],
+            self.rewards[rows],
+            group_ids,
         )
 
 
@@ -104,7 +113,13 @@ def lr_lambda(schedule: str, warmup: int, total: int):
 
 class Trainer:
     def __init__(
-        self, cfg: QuadrlConfig, policy: Policy, task: Task, intervention: Intervention, tracker: Tracker, run_dir: Path
+        self,
+        cfg: QuadrlConfig,
+        policy: Policy,
+        task: Task,
+        intervention: Intervention,
+        tracker: Tracker,
+        run_dir: Path,
     ):
         self.cfg, self.policy, self.task, self.intervention = cfg, policy, task, intervention
         self.tracker, self.run_dir = tracker, run_dir
@@ -112,7 +127,9 @@ class Trainer:
         self.diag_split = EntropySplit(**dict(vars(cfg.diagnostics.split)))
         self.params = [p for p in policy.model.parameters() if p.requires_grad]
         o = cfg.optim
-        self.optimizer = torch.optim.AdamW(self.params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+        self.optimizer = torch.optim.AdamW(
+            self.params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay
+        )
         total_opt_steps = cfg.train.steps * cfg.algo.epochs * cfg.algo.minibatches
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(o.schedule, o.warmup_steps, total_opt_steps)
@@ -148,13 +165,20 @@ class Trainer:
         flat = [ex for ex in examples for _ in range(g)]
         pol.model.eval()
         roll = sample(
-            pol.model, [pol.encode_prompt(ex.prompt) for ex in flat], max_new_tokens=s.max_new_tokens,
-            eos_id=pol.eos_id, pad_id=pol.pad_id, temperature=s.temperature, top_p=s.top_p,
+            pol.model,
+            [pol.encode_prompt(ex.prompt) for ex in flat],
+            max_new_tokens=s.max_new_tokens,
+            eos_id=pol.eos_id,
+            pad_id=pol.pad_id,
+            temperature=s.temperature,
+            top_p=s.top_p,
             generator=self.generators["sampling"],
         )
         pol.model.train()
         texts = [pol.decode(roll.response_ids[i][roll.response_mask[i]].tolist()) for i in range(len(flat))]
-        rewards = torch.tensor([self.task.reward(ex, t) for ex, t in zip(flat, texts)], dtype=torch.float32)
+        rewards = torch.tensor(
+            [self.task.reward(ex, t) for ex, t in zip(flat, texts, strict=False)], dtype=torch.float32
+        )
         group_ids = torch.arange(len(examples)).repeat_interleave(g)
         return Batch(roll, flat, texts, rewards, group_ids)
 
@@ -162,7 +186,11 @@ class Trainer:
         """Sample a batch; with DAPO dynamic sampling keep only groups with reward variance, refilling."""
         a = self.cfg.algo
         batch = self.sample_groups(self.next_prompts(a.prompts_per_step))
-        stats = {"train/groups_informative": float(informative_groups(batch.rewards, batch.group_ids).float().mean())}
+        stats = {
+            "train/groups_informative": float(
+                informative_groups(batch.rewards, batch.group_ids).float().mean()
+            )
+        }
         if not a.dynamic_sampling:
             return batch, stats
         kept = [batch.select(torch.nonzero(informative_groups(batch.rewards, batch.group_ids)).squeeze(-1))]
@@ -188,8 +216,12 @@ class Trainer:
     def logprobs(self, batch: Batch, rows: Tensor, model: torch.nn.Module | None = None) -> Tensor:
         r = batch.rollout
         logp, _ = response_logprobs(
-            model if model is not None else self.policy.model, r.prompt_ids[rows], r.prompt_mask[rows],
-            r.response_ids[rows], r.response_mask[rows], temperature=self.cfg.sampling.temperature,
+            model if model is not None else self.policy.model,
+            r.prompt_ids[rows],
+            r.prompt_mask[rows],
+            r.response_ids[rows],
+            r.response_mask[rows],
+            temperature=self.cfg.sampling.temperature,
             chunk_size=self.cfg.train.logits_chunk,
         )
         return logp
@@ -209,13 +241,26 @@ class Trainer:
             with torch.no_grad(), context:
                 ref = self.logprobs(batch, everything, module)
         return TokenFacts(
-            advantages=seq_adv[:, None] * mask, entropy=r.entropy, behaviour_logprobs=r.logprobs,
-            old_logprobs=old, response_mask=mask, group_ids=batch.group_ids, rewards=batch.rewards,
-            step=step, ref_logprobs=ref,
+            advantages=seq_adv[:, None] * mask,
+            entropy=r.entropy,
+            behaviour_logprobs=r.logprobs,
+            old_logprobs=old,
+            response_mask=mask,
+            group_ids=batch.group_ids,
+            rewards=batch.rewards,
+            step=step,
+            ref_logprobs=ref,
         )
 
-    def loss(self, facts: TokenFacts, credit: TokenCredit, batch: Batch, rows: Tensor, multiplier: Tensor | None = None,
-             with_extra: bool = True):
+    def loss(
+        self,
+        facts: TokenFacts,
+        credit: TokenCredit,
+        batch: Batch,
+        rows: Tensor,
+        multiplier: Tensor | None = None,
+        with_extra: bool = True,
+    ):
         a = self.cfg.algo
         logp = self.logprobs(batch, rows)
         single_pass = a.epochs * a.minibatches == 1
@@ -223,25 +268,39 @@ class Trainer:
         extra = None
         if with_extra and self.intervention.active(facts.step):
             seen = facts
-            if single_pass:  # an extra term must see the same pi_old as the surrogate, not the sampler's numerics
+            if (
+                single_pass
+            ):  # an extra term must see the same pi_old as the surrogate, not the sampler's numerics
                 old_all = facts.old_logprobs.clone()
                 old_all[rows] = old
                 seen = replace(facts, old_logprobs=old_all)
             extra = self.intervention.extra_loss(seen, credit, logp, rows)
         weights = credit.weights[rows] if multiplier is None else credit.weights[rows] * multiplier
         return policy_loss(
-            logp, old, credit.advantages[rows], weights, credit.loss_mask[rows],
-            aggregation=a.loss_aggregation, eps_low=a.eps_low, eps_high=a.eps_high,
-            max_new_tokens=self.cfg.sampling.max_new_tokens, clip=credit.clip, beta=a.beta,
+            logp,
+            old,
+            credit.advantages[rows],
+            weights,
+            credit.loss_mask[rows],
+            aggregation=a.loss_aggregation,
+            eps_low=a.eps_low,
+            eps_high=a.eps_high,
+            max_new_tokens=self.cfg.sampling.max_new_tokens,
+            clip=credit.clip,
+            beta=a.beta,
             ref_logprobs=None if facts.ref_logprobs is None else facts.ref_logprobs[rows],
-            kl_weights=credit.kl_weights[rows], kl_estimator=a.kl_estimator, extra=extra,
+            kl_weights=credit.kl_weights[rows],
+            kl_estimator=a.kl_estimator,
+            extra=extra,
         )
 
     def minibatches(self, batch: Batch) -> list[Tensor]:
         """Split the batch into ``algo.minibatches`` row sets of whole groups."""
         groups = torch.unique(batch.group_ids)
-        return [torch.nonzero(torch.isin(batch.group_ids, chunk)).squeeze(-1)
-                for chunk in torch.tensor_split(groups, self.cfg.algo.minibatches)]
+        return [
+            torch.nonzero(torch.isin(batch.group_ids, chunk)).squeeze(-1)
+            for chunk in torch.tensor_split(groups, self.cfg.algo.minibatches)
+        ]
 
     def step(self, step: int) -> dict[str, float]:
         cfg = self.cfg
@@ -260,8 +319,10 @@ class Trainer:
         diagnose = cfg.diagnostics.every > 0 and step % cfg.diagnostics.every == 0
         everything = torch.arange(len(batch.rewards))
         if diagnose:
+
             def loss_for_multiplier(m: Tensor) -> Tensor:
                 return self.loss(facts, credit, batch, everything, multiplier=m, with_extra=False).loss
+
             metrics.update(quadrant_gradient_diagnostics(self.params, loss_for_multiplier, masks))
 
         t1 = time.perf_counter()
@@ -289,38 +350,46 @@ class Trainer:
         step_time = time.perf_counter() - t0
         answers = [self.task.extract_answer(t) for t in batch.texts]
         n = len(terms_log)
-        metrics.update({
-            "train/reward_mean": float(batch.rewards.mean()),
-            "train/reward_std": float(batch.rewards.std()) if len(batch.rewards) > 1 else 0.0,
-            "train/accuracy": float((batch.rewards >= 1.0).float().mean()),
-            "train/loss": sum(float(t.loss) for t in terms_log) / n,
-            "train/pg_loss": sum(t.pg_loss for t in terms_log) / n,
-            "train/kl": sum(t.kl for t in terms_log) / n,
-            "train/clip_frac_low": sum(t.clip_frac_low for t in terms_log) / n,
-            "train/clip_frac_high": sum(t.clip_frac_high for t in terms_log) / n,
-            "train/ratio_mean": sum(t.ratio_mean for t in terms_log) / n,
-            "train/entropy_mean": float((facts.entropy * mask).sum() / max(1, n_tokens)),
-            "train/response_len": n_tokens / len(batch.rewards),
-            "train/grad_norm": sum(grad_norms) / len(grad_norms),
-            "train/lr": float(self.scheduler.get_last_lr()[0]),
-            "train/answer_diversity": answer_diversity(answers, batch.group_ids.tolist()),
-            "perf/step_time_s": step_time,
-            "perf/rollout_time_s": t_rollout,
-            "perf/update_time_s": t_update,
-            "perf/tokens_per_s": n_tokens / step_time,
-            "perf/gen_tokens_per_s": n_tokens / max(t_rollout, 1e-9),
-        })
+        metrics.update(
+            {
+                "train/reward_mean": float(batch.rewards.mean()),
+                "train/reward_std": float(batch.rewards.std()) if len(batch.rewards) > 1 else 0.0,
+                "train/accuracy": float((batch.rewards >= 1.0).float().mean()),
+                "train/loss": sum(float(t.loss.detach()) for t in terms_log) / n,
+                "train/pg_loss": sum(t.pg_loss for t in terms_log) / n,
+                "train/kl": sum(t.kl for t in terms_log) / n,
+                "train/clip_frac_low": sum(t.clip_frac_low for t in terms_log) / n,
+                "train/clip_frac_high": sum(t.clip_frac_high for t in terms_log) / n,
+                "train/ratio_mean": sum(t.ratio_mean for t in terms_log) / n,
+                "train/entropy_mean": float((facts.entropy * mask).sum() / max(1, n_tokens)),
+                "train/response_len": n_tokens / len(batch.rewards),
+                "train/grad_norm": sum(grad_norms) / len(grad_norms),
+                "train/lr": float(self.scheduler.get_last_lr()[0]),
+                "train/answer_diversity": answer_diversity(answers, batch.group_ids.tolist()),
+                "perf/step_time_s": step_time,
+                "perf/rollout_time_s": t_rollout,
+                "perf/update_time_s": t_update,
+                "perf/tokens_per_s": n_tokens / step_time,
+                "perf/gen_tokens_per_s": n_tokens / max(t_rollout, 1e-9),
+            }
+        )
         every = cfg.train.log_samples_every
         if every and step % every == 0:
-            rows = [{"prompt": ex.prompt, "completion": t, "reward": float(r), "advantage": float(a)}
-                    for ex, t, r, a in zip(batch.examples, batch.texts, batch.rewards, facts.sequence_advantages)][:32]
+            rows = [
+                {"prompt": ex.prompt, "completion": t, "reward": float(r), "advantage": float(a)}
+                for ex, t, r, a in zip(
+                    batch.examples, batch.texts, batch.rewards, facts.sequence_advantages, strict=False
+                )
+            ][:32]
             self.tracker.log_table(rows, f"samples/step_{step:06d}.json")
         return metrics
 
     # ---------------------------------------------------------------- eval, checkpoint, loop
     def evaluate(self, step: int) -> dict[str, float]:
         gen = torch.Generator().manual_seed(self.cfg.seed * 7919 + step)  # independent of the training stream
-        metrics, greedy = evaluate(self.policy, self.task, self.cfg.eval, self.cfg.sampling.max_new_tokens, gen)
+        metrics, greedy = evaluate(
+            self.policy, self.task, self.cfg.eval, self.cfg.sampling.max_new_tokens, gen
+        )
         rows = [{"prompt": c.example.prompt, "completion": c.text, "reward": c.reward} for c in greedy[:32]]
         self.tracker.log_table(rows, f"eval_samples/step_{step:06d}.json")
         return metrics
@@ -349,7 +418,9 @@ class Trainer:
 
     def eval_due(self, steps_done: int) -> bool:
         every = self.cfg.eval.every
-        return steps_done == 0 or steps_done == self.cfg.train.steps or (every > 0 and steps_done % every == 0)
+        return (
+            steps_done == 0 or steps_done == self.cfg.train.steps or (every > 0 and steps_done % every == 0)
+        )
 
     def run(self) -> dict[str, float]:
         cfg = self.cfg
@@ -373,9 +444,11 @@ class Trainer:
                 self.save_checkpoint()
             if progress is not None:
                 progress.update(1)
-                progress.set_postfix(reward=f"{metrics['train/reward_mean']:.3f}",
-                                     acc=f"{final.get('eval/accuracy', float('nan')):.3f}",
-                                     tok_s=f"{metrics['perf/tokens_per_s']:.0f}")
+                progress.set_postfix(
+                    reward=f"{metrics['train/reward_mean']:.3f}",
+                    acc=f"{final.get('eval/accuracy', float('nan')):.3f}",
+                    tok_s=f"{metrics['perf/tokens_per_s']:.0f}",
+                )
         if progress is not None:
             progress.close()
         return final

@@ -1,0 +1,115 @@
+"""``quadrl-study`` (``python -m experiments.study``): the Four Quadrant study on the built-in base model, then its report.
+
+    quadrl-study                                   # conf/experiment/quadrant_study.yaml, local, 2 jobs at a time
+    quadrl-study --launcher slurm seed=0,1,2,3,4   # extra arguments are Hydra overrides for every job
+
+Steps: (1) build the base model once, before any job exists, so that parallel jobs do not all pre-train it;
+(2) run the sweep as ``python -m experiments.train -m experiment=<preset> hydra/launcher=<launcher>``, which
+opens a parent MLflow run and one child run per job; (3) write the report from the parent run's children and log
+it to the parent. Progress (jobs done, elapsed) is printed as the sweep runs; a failed job does not stop the
+others, and the report lists it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from experiments.sweep import PARENT_FILE
+from experiments.tracking import ensure_experiment
+
+CONF = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+def study_config(preset: str, overrides: list[str]):
+    from grpo.config import register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=CONF, version_base=None):
+        return compose("config", overrides=[f"experiment={preset}", *overrides], return_hydra_config=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--preset", default="quadrant_study", help="conf/experiment/<preset>.yaml (a grid)")
+    parser.add_argument("--launcher", default="local", help="hydra/launcher: local or slurm")
+    parser.add_argument("--out", default=None, help="sweep directory (default multirun/<preset>-<time>)")
+    parser.add_argument(
+        "--control", default="intervention=none", help="condition the others are compared with"
+    )
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides applied to every job")
+    args = parser.parse_args(argv)
+
+    sweep_dir = Path(args.out or f"multirun/{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    cfg = study_config(args.preset, args.overrides)
+    uri, experiment = str(cfg.tracking.uri), str(cfg.tracking.experiment)
+
+    print(f"[study] 1/3 base model for task '{cfg.task.name}' (built once, then cached)", flush=True)
+    from experiments.base_model import ensure_base_model
+
+    task = OmegaConf.to_container(cfg.task, resolve=True)
+    started = time.perf_counter()
+    base = ensure_base_model(
+        task.pop("name"),
+        task,
+        seed=int(cfg.model.base_seed),
+        tracking_uri=uri if cfg.tracking.enabled else None,
+        max_seconds=float(cfg.model.base_max_seconds),
+    )
+    print(f"[study]     {base} ({time.perf_counter() - started:.0f} s)", flush=True)
+    if cfg.tracking.enabled:
+        ensure_experiment(uri, experiment)  # once, before the jobs fan out
+
+    grid = OmegaConf.to_container(cfg.hydra.sweeper.params, resolve=False)
+    print(f"[study] 2/3 sweep {grid} on launcher '{args.launcher}' -> {sweep_dir}", flush=True)
+    command = [
+        sys.executable,
+        "-m",
+        "experiments.train",
+        "-m",
+        f"experiment={args.preset}",
+        f"hydra/launcher={args.launcher}",
+        f"hydra.sweep.dir={sweep_dir}",
+        *args.overrides,
+    ]
+    sweep = subprocess.run(command)
+    parent_file = sweep_dir / PARENT_FILE
+    if not parent_file.is_file():
+        print(
+            f"[study] the sweep did not start (exit {sweep.returncode}); nothing to report", file=sys.stderr
+        )
+        return sweep.returncode or 1
+    if sweep.returncode != 0:
+        print(f"[study] some jobs failed (exit {sweep.returncode}); the report lists them", flush=True)
+
+    print("[study] 3/3 report", flush=True)
+    from analysis.report import build_report
+
+    report = build_report(
+        uri,
+        parent_run_id=parent_file.read_text().strip(),
+        out_dir=sweep_dir / "report",
+        control=args.control,
+        min_seeds=3,
+    )
+    print(f"\n[study] report: {report}")
+    if uri.startswith("sqlite:"):
+        print(
+            f"[study] MLflow UI: .venv/bin/mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
+            f"  (then open http://127.0.0.1:5000, experiment '{experiment}')"
+        )
+    else:
+        print(f"[study] MLflow UI: {uri} (experiment '{experiment}')")
+    return 0 if sweep.returncode == 0 else sweep.returncode
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

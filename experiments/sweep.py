@@ -1,0 +1,123 @@
+"""MLflow grouping for Hydra multiruns: one parent run per sweep, one child run per job.
+
+:class:`SweepTracking` is a Hydra callback that runs in the submitting process. At sweep start it creates the
+tracking store and the experiment (once, before any job exists: concurrent creation corrupts a new SQLite file
+and can misfile runs) and opens the parent run, whose id it writes to ``<sweep dir>/mlflow_parent_run_id``; each
+job reads that file and tags its run with ``mlflow.parentRunId``. At sweep end :func:`finalize` records on the
+parent how many jobs finished, failed or were requeued, marks child runs that SLURM killed, and prints a summary.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.experimental.callback import Callback
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig, OmegaConf
+
+from experiments.tracking import ensure_experiment, git_commit
+
+log = logging.getLogger(__name__)
+PARENT_FILE = "mlflow_parent_run_id"
+SUMMARY_FILE = "sweep_summary.json"
+
+
+def parent_run_id(sweep_dir: str | Path) -> str | None:
+    path = Path(sweep_dir) / PARENT_FILE
+    return path.read_text().strip() if path.is_file() else None
+
+
+def _tracking(config: DictConfig) -> tuple[bool, str, str]:
+    t = config.tracking
+    return bool(t.enabled), str(t.uri), str(t.experiment)
+
+
+class SweepTracking(Callback):
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        enabled, uri, experiment = _tracking(config)
+        if not enabled:
+            return
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        if parent_run_id(sweep_dir):  # re-entered (e.g. a resubmitted sweep): keep the parent
+            return
+        experiment_id = ensure_experiment(uri, experiment)
+        client = MlflowClient(tracking_uri=uri)
+        params = OmegaConf.to_container(config.hydra.sweeper.get("params") or {}, resolve=False)
+        tags = {
+            "quadrl.role": "sweep",
+            "quadrl.sweep_dir": str(sweep_dir.resolve()),
+            "quadrl.grid": json.dumps(params),
+            "quadrl.overrides": json.dumps(list(config.hydra.overrides.task)),
+            "quadrl.git_commit": git_commit(),
+            "quadrl.launcher": str(config.hydra.launcher.get("_target_", "basic")),
+        }
+        run = client.create_run(
+            experiment_id, run_name=f"sweep-{sweep_dir.parent.name}-{sweep_dir.name}", tags=tags
+        )
+        (sweep_dir / PARENT_FILE).write_text(run.info.run_id)
+        log.info("MLflow parent run %s (experiment %s, %s)", run.info.run_id, experiment, uri)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        finalize(config, None)
+
+
+def finalize(config: DictConfig, results: Sequence[JobReturn] | None) -> dict[str, Any] | None:
+    """Record the sweep's outcome on its parent run (idempotent: the first call with results wins)."""
+    enabled, uri, _ = _tracking(config)
+    sweep_dir = Path(str(config.hydra.sweep.dir))
+    parent = parent_run_id(sweep_dir)
+    summary_path = sweep_dir / SUMMARY_FILE
+    if not enabled or parent is None or summary_path.exists():
+        return None
+    client = MlflowClient(tracking_uri=uri)
+    parent_run = client.get_run(parent)
+    children = client.search_runs(
+        [parent_run.info.experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent}'",
+        max_results=10000,
+    )
+    failed_jobs = []
+    if results is not None:
+        for num, ret in enumerate(results):
+            if ret.status != JobStatus.COMPLETED:
+                failed_jobs.append(
+                    {"job": num, "overrides": list(ret.overrides or []), "error": repr(ret._return_value)}
+                )
+    for run in children:  # a job SLURM killed never closed its run: it must not look RUNNING forever
+        if run.info.status == "RUNNING" and results is not None:
+            client.set_terminated(run.info.run_id, status="KILLED")
+    children = client.search_runs(
+        [parent_run.info.experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent}'",
+        max_results=10000,
+    )
+    statuses = [r.info.status for r in children]
+    summary = {
+        "jobs": len(results) if results is not None else len(children),
+        "runs": len(children),
+        "finished": statuses.count("FINISHED"),
+        "failed": statuses.count("FAILED"),
+        "killed": statuses.count("KILLED"),
+        "requeued": sum(1 for r in children if "quadrl.resumed_at" in r.data.tags),
+        "failed_jobs": failed_jobs,
+    }
+    for key in ("jobs", "runs", "finished", "failed", "killed", "requeued"):
+        client.log_metric(parent, f"sweep/{key}", summary[key])
+    client.set_tag(parent, "quadrl.sweep_summary", json.dumps(summary)[:5000])
+    bad = summary["failed"] + summary["killed"] + len(failed_jobs)
+    client.set_terminated(parent, status="FAILED" if bad else "FINISHED")
+    summary_path.write_text(json.dumps(summary, indent=2))
+    line = (
+        f"sweep: {summary['jobs']} jobs, {summary['finished']} finished, {summary['failed']} failed, "
+        f"{summary['killed']} killed, {summary['requeued']} requeued (parent run {parent})"
+    )
+    print(line, flush=True)
+    for job in failed_jobs:
+        print(f"  FAILED job #{job['job']}: {' '.join(job['overrides'])}: {job['error'][:300]}", flush=True)
+    return summary

@@ -1,0 +1,85 @@
+"""Bad input is refused with a message that names the problem, before any model is loaded."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ConfigKeyError
+
+from experiments.train import run
+from grpo.config import register_configs
+from interventions.base import ConfigError
+
+CONF = str(Path(__file__).resolve().parents[1] / "conf")
+register_configs()
+
+
+def cfg(*overrides: str):
+    with initialize_config_dir(config_dir=CONF, version_base=None):
+        return compose("config", overrides=["tracking=off", *overrides])
+
+
+def test_unknown_config_key_is_refused_by_name():
+    with pytest.raises((ConfigCompositionException, ConfigKeyError)) as err:
+        cfg("algo.group_sise=8")
+    assert "group_sise" in str(err.value) or "group_sise" in str(err.value.__cause__)
+
+
+@pytest.mark.parametrize(
+    "override,needle",
+    [
+        ("algo.group_size=-4", "algo.group_size"),
+        ("algo.group_size=1", "algo.group_size"),
+        ("sampling.temperature=0", "sampling.temperature"),
+        ("sampling.top_p=1.5", "sampling.top_p"),
+        ("algo.loss_aggregation=mean", "algo.loss_aggregation"),
+        ("optim.lr=-1e-4", "optim.lr"),
+        ("eval.pass_k=[1,16]", "eval.pass_k"),
+    ],
+)
+def test_out_of_range_values_are_refused(override, needle, tmp_path):
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):
+        run(cfg(override, f"run_dir={tmp_path}"))
+    assert time.perf_counter() - start < 5  # refused before any model build (a base model takes minutes)
+    assert not (tmp_path / "checkpoint").exists()
+
+
+def test_missing_model_path_is_refused(tmp_path):
+    missing = tmp_path / "no-such-model"
+    with pytest.raises(ConfigError, match="no such directory"):
+        run(cfg("model=local", f"model.path={missing}", f"run_dir={tmp_path}"))
+
+
+def test_unknown_intervention_and_task_are_refused(tmp_path):
+    with pytest.raises(ConfigCompositionException):
+        cfg("intervention=not_a_method")
+    with pytest.raises(ConfigError, match="unknown intervention 'nope'"):
+        run(_with_intervention({"name": "nope"}, tmp_path))
+
+
+def _with_intervention(values: dict, tmp_path):
+    from omegaconf import OmegaConf, open_dict
+
+    c = cfg(f"run_dir={tmp_path}")
+    with open_dict(c):
+        c.intervention = OmegaConf.create(values)
+    return c
+
+
+def test_cli_refuses_typo_with_exit_code_and_message():
+    out = subprocess.run(
+        [sys.executable, "-m", "experiments.train", "tracking=off", "algo.grop_size=8"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(CONF).parent,
+    )
+    assert out.returncode != 0
+    assert "grop_size" in out.stderr + out.stdout

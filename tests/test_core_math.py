@@ -1,0 +1,163 @@
+"""The GRPO math on small hand-built tensors, against values computed by hand (in the comments)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from grpo.advantages import group_advantages, informative_groups
+from grpo.evaluate import pass_at_k
+from grpo.loss import aggregate, clipped_surrogate, kl_penalty, policy_loss
+from grpo.rollout import entropy_from_logits, response_logprobs, top_p_filter
+
+
+def test_group_advantages_std_scaled():
+    # group 0: rewards 1,0,0,1 -> mean .5, sample std sqrt((4*.25)/3)=0.57735 -> +-0.5/0.57735 = +-0.866025
+    # group 1: 1,1,1,1 -> all zero
+    rewards = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0])
+    groups = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    adv = group_advantages(rewards, groups, scale_by_std=True, eps=0.0)
+    expected = torch.tensor([0.866025, -0.866025, -0.866025, 0.866025, 0, 0, 0, 0])
+    assert torch.allclose(adv, expected, atol=1e-5)
+
+
+def test_group_advantages_dr_grpo_no_std():
+    # group 0: 1,0,0 -> mean 1/3 -> 2/3, -1/3, -1/3 ; group 1: 0.5, 0 -> 0.25, -0.25
+    rewards = torch.tensor([1.0, 0.0, 0.0, 0.5, 0.0])
+    groups = torch.tensor([0, 0, 0, 1, 1])
+    adv = group_advantages(rewards, groups, scale_by_std=False)
+    assert torch.allclose(adv, torch.tensor([2 / 3, -1 / 3, -1 / 3, 0.25, -0.25]), atol=1e-6)
+
+
+def test_informative_groups():
+    rewards = torch.tensor([1.0, 1.0, 0.0, 1.0, 0.0, 0.0])
+    groups = torch.tensor([0, 0, 1, 1, 2, 2])
+    assert informative_groups(rewards, groups).tolist() == [False, False, True, True, False, False]
+
+
+def test_clipped_surrogate_hand_values():
+    # ratios exp(log 1.5)=1.5, exp(log .5)=.5, 1.0; eps .2/.28
+    # token0 A=+1, rho 1.5: min(1.5, 1.28) = 1.28 -> loss -1.28
+    # token1 A=-1, rho 0.5: min(-0.5, -0.8) = -0.8 -> loss 0.8
+    # token2 A=+2, rho 1: -2
+    logp = torch.log(torch.tensor([[1.5, 0.5, 1.0]]))
+    old = torch.zeros(1, 3)
+    adv = torch.tensor([[1.0, -1.0, 2.0]])
+    pg, ratio = clipped_surrogate(logp, old, adv, eps_low=0.2, eps_high=0.28)
+    assert torch.allclose(pg, torch.tensor([[-1.28, 0.8, -2.0]]), atol=1e-6)
+    unclipped, _ = clipped_surrogate(logp, old, adv, 0.2, 0.28, clip=False)
+    assert torch.allclose(unclipped, torch.tensor([[-1.5, 0.5, -2.0]]), atol=1e-6)
+
+
+def test_kl_estimators():
+    # logp - ref = 0.5: k1 = 0.5 ; k3 = exp(-0.5) + 0.5 - 1 = 0.106531
+    logp, ref = torch.tensor([0.0]), torch.tensor([-0.5])
+    assert torch.allclose(kl_penalty(logp, ref, "k1"), torch.tensor([0.5]))
+    assert torch.allclose(kl_penalty(logp, ref, "k3"), torch.tensor([0.1065307]), atol=1e-6)
+    assert float(kl_penalty(ref, ref, "k3")) == 0.0
+
+
+def test_aggregations_hand_values():
+    # seq0 tokens 1,2,3 (3 real), seq1 tokens 4,5 (2 real) + pad 100
+    per_token = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 100.0]])
+    mask = torch.tensor([[True, True, True], [True, True, False]])
+    # GRPO: mean(6/3, 9/2) = mean(2, 4.5) = 3.25
+    assert aggregate(per_token, mask, "seq_mean_token_mean", 10).item() == pytest.approx(3.25)
+    # DAPO: 15 / 5 = 3
+    assert aggregate(per_token, mask, "token_mean", 10).item() == pytest.approx(3.0)
+    # Dr. GRPO: 15 / (2 * 10) = 0.75
+    assert aggregate(per_token, mask, "seq_mean_token_sum_norm", 10).item() == pytest.approx(0.75)
+
+
+def test_policy_loss_weights_kl_and_clip_fractions():
+    logp = torch.log(torch.tensor([[1.5, 0.5], [1.0, 1.0]])).requires_grad_()
+    old = torch.zeros(2, 2)
+    adv = torch.tensor([[1.0, -1.0], [1.0, 1.0]])
+    weights = torch.tensor([[1.0, 0.0], [2.0, 1.0]])
+    ref = logp.detach() - 0.5  # per-token k1 = 0.5
+    mask = torch.ones(2, 2, dtype=torch.bool)
+    out = policy_loss(
+        logp,
+        old,
+        adv,
+        weights,
+        mask,
+        aggregation="token_mean",
+        eps_low=0.2,
+        eps_high=0.2,
+        max_new_tokens=2,
+        beta=0.1,
+        ref_logprobs=ref,
+        kl_estimator="k1",
+    )
+    # pg: [-1.2 (clipped), 0.8] x w [1, 0] -> -1.2, 0 ; row 2: -1 x 2, -1 x 1 -> -2, -1
+    # + 0.1 * 0.5 each -> sum = -4.2 + 0.2 = -4.0 ; mean over 4 = -1.0
+    assert out.loss.item() == pytest.approx(-1.0, abs=1e-6)
+    assert out.kl == pytest.approx(0.5)
+    assert out.clip_frac_high == pytest.approx(0.25)  # token (0,0): A>0, rho 1.5 > 1.2
+    assert out.clip_frac_low == pytest.approx(0.25)  # token (0,1): A<0, rho 0.5 < 0.8
+    out.loss.backward()
+    # clipped token and zero-weight token get no gradient; KL adds beta/4 = 0.025 per token
+    # d/dlogp of -w*rho*A/4 at rho=1 is -w*A/4: (1,0): -0.5+0.025 ; (1,1): -0.25+0.025
+    assert torch.allclose(logp.grad, torch.tensor([[0.025, 0.025], [-0.475, -0.225]]), atol=1e-6)
+
+
+def test_chunked_logprobs_and_entropy_match_categorical():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=50,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    model = LlamaForCausalLM(cfg)
+    prompt = torch.randint(3, 50, (3, 4))
+    prompt_mask = torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1], [0, 0, 1, 1]], dtype=torch.bool)
+    resp = torch.randint(3, 50, (3, 7))
+    resp_mask = torch.ones(3, 7, dtype=torch.bool)
+    resp_mask[2, 5:] = False
+    temperature = 0.7
+    logp, ent = response_logprobs(
+        model, prompt, prompt_mask, resp, resp_mask, temperature=temperature, chunk_size=3, with_entropy=True
+    )
+    for row in range(3):
+        keep = torch.cat([prompt[row][prompt_mask[row]], resp[row]])
+        logits = model(keep[None]).logits[0, prompt_mask[row].sum() - 1 : -1] / temperature
+        dist = torch.distributions.Categorical(logits=logits)
+        n = int(resp_mask[row].sum())
+        assert torch.allclose(logp[row, :n], dist.log_prob(resp[row])[:n], atol=1e-5)
+        assert torch.allclose(ent[row, :n], dist.entropy()[:n], atol=1e-5)
+        assert (logp[row, n:] == 0).all()
+
+
+def test_entropy_from_random_logits_matches_categorical():
+    logits = torch.randn(5, 11, generator=torch.Generator().manual_seed(3)) * 3
+    _, ent = entropy_from_logits(logits)
+    assert torch.allclose(ent, torch.distributions.Categorical(logits=logits).entropy(), atol=1e-6)
+
+
+def test_top_p_keeps_smallest_set_with_mass():
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    kept = top_p_filter(probs.log(), 0.8).isfinite()
+    assert kept.tolist() == [[True, True, False, False]]  # 0.5 + 0.3 reaches 0.8
+    assert top_p_filter(probs.log(), 0.81).isfinite().tolist() == [[True, True, True, False]]
+
+
+@pytest.mark.parametrize("n,c,k", [(5, 0, 1), (5, 5, 3), (5, 2, 1), (5, 2, 2), (10, 3, 4), (8, 1, 8)])
+def test_pass_at_k_closed_form(n, c, k):
+    expected = 1.0 - math.comb(n - c, k) / math.comb(n, k)
+    assert pass_at_k(n, c, k) == pytest.approx(expected, abs=1e-12)
+
+
+def test_pass_at_k_hand_values():
+    assert pass_at_k(5, 2, 1) == pytest.approx(0.4)  # c/n
+    assert pass_at_k(4, 1, 2) == pytest.approx(0.5)  # 1 - C(3,2)/C(4,2) = 1 - 3/6
+    with pytest.raises(ValueError):
+        pass_at_k(4, 5, 1)
