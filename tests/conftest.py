@@ -3,6 +3,7 @@ and helpers to compose the real Hydra config."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -40,3 +41,57 @@ def compose_config(*overrides: str):
     register_configs()
     with initialize_config_dir(config_dir=CONF, version_base=None):
         return compose("config", overrides=list(overrides))
+
+
+@pytest.fixture(scope="session")
+def math_jsonl(tmp_path_factory) -> Path:
+    """Single-digit sums as a math dataset; the 'solution' is the bare answer (no \\boxed: the built-in char
+    alphabet has no braces), which math_file's verifier reads as the last number."""
+    path = tmp_path_factory.mktemp("data") / "sums.jsonl"
+    rows = [
+        {"problem": f"{a}+{b}=", "answer": str(a + b), "solution": str(a + b)}
+        for a in range(10)
+        for b in range(10)
+    ]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def math_task(path: Path) -> list[str]:
+    return [
+        "task=math_file",
+        f"task.path={path}",
+        "task.prompt_template='{prompt}'",
+        "task.solution_field=solution",
+        "task.test_fraction=0.2",
+    ]
+
+
+@pytest.fixture(scope="session")
+def sft_model_dir(tmp_path_factory, math_jsonl) -> Path:
+    """A tiny model SFT-ed on the sums so that sampled answers are right sometimes (real reward signal)."""
+    from experiments.base_model import pretrain
+
+    out = tmp_path_factory.mktemp("sft_model")
+    pretrain(
+        "math_file",
+        {
+            "path": str(math_jsonl),
+            "prompt_template": "{prompt}",
+            "solution_field": "solution",
+            "test_fraction": 0.2,
+        },
+        out,
+        seed=0,
+        target_accuracy=(0.1, 0.9),
+        max_seconds=240,
+        tracking_uri=None,
+        eval_every=10,
+        dense_eval_every=5,
+        warmup_steps=10,
+        batch_size=32,
+        model_params={"hidden_size": 64, "num_layers": 2, "num_heads": 2, "intermediate_size": 128},
+        allow_out_of_band=True,
+        max_steps=300,
+    )
+    return out
