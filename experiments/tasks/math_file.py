@@ -1,0 +1,287 @@
+"""``math_file``: math problems from a local JSONL (or JSON array, or parquet) file, graded by math-verify.
+
+Every row is validated when the task is built (before any training): a row that is not a JSON object, lacks
+``prompt_field`` / ``answer_field``, has a non-string prompt, or an answer that is not a string or a number
+raises ``ValueError`` naming the file and the 1-based row number (the line number for JSONL). A missing file
+raises ``FileNotFoundError`` naming the path.
+
+Prompt: ``prompt_template`` with the literal placeholder ``{prompt}`` replaced by the problem text (plain
+substitution, not ``str.format``, so LaTeX braces in the template need no escaping). Target (for SFT):
+``solution_field`` of the row if given, else ``"\\boxed{<answer>}"``.
+
+Split: with ``test_path``, its rows are the test split and the train split is ``path`` minus any problem whose
+prompt text also occurs in the test file; otherwise a stable hash of the prompt text sends a
+``test_fraction`` of the problems to the test split. ``n_test`` then caps the test split (a ``test_seed``-ed
+sample, kept in file order; ``None`` keeps all of it); rows dropped by the cap never join the train split.
+
+Reward: the content of the last ``\\boxed{...}`` in the completion (fallback: the last number) is parsed by
+``math_verify.parse`` and compared with the parsed reference answer by ``math_verify.verify``; 1.0 if they
+match, else 0.0; never an exception, never ``eval``.
+
+Time limit: math-verify's own timeouts use ``signal.alarm`` and raise in non-main threads. On the main thread
+the reward uses them (``timeout_seconds``). On any other thread it calls math-verify with its timeouts
+disabled inside a daemon worker thread and waits at most ``timeout_seconds``; past that the reward is 0.0
+(the worker cannot be killed and finishes in the background). Answers longer than 1000 characters score 0
+without being parsed, which keeps sympy's work bounded in practice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import re
+import threading
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from experiments.tasks.base import Example, register_task
+from experiments.tasks.common import check_bounded_text, in_test_pool
+
+DEFAULT_PROMPT_TEMPLATE = "{prompt}\nPlease reason step by step, and put your final answer within \\boxed{}."
+MAX_ANSWER_CHARS = 1000
+MAX_COMPLETION_CHARS = 200_000
+_NUMBER_RE = re.compile(r"-?[0-9]+(?:\.[0-9]+)?(?:/[0-9]+)?")
+_BOX_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
+
+logger = logging.getLogger(__name__)
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``) with balanced braces, or None."""
+    # only the last few boxes, each scanned at most MAX_ANSWER_CHARS ahead: linear in the text, whatever it is
+    for match in reversed(list(_BOX_RE.finditer(text))[-20:]):
+        depth, start = 1, match.end()
+        for i in range(start, min(len(text), start + MAX_ANSWER_CHARS + 1)):
+            ch = text[i]
+            if ch == "{":
+                depth += 1
+            elif ch == "}":
+                depth -= 1
+                if depth == 0:
+                    content = text[start:i].strip()
+                    if content:
+                        return content
+                    break
+    return None
+
+
+def _read_rows(path: Path) -> list[tuple[int, Any]]:
+    """(1-based row number, decoded row) pairs; undecodable rows raise ValueError naming file and row."""
+    if not path.is_file():
+        raise FileNotFoundError(f"math_file: no such file: {path}")
+    if path.suffix.lower() == ".parquet":
+        try:
+            import pyarrow.parquet as pq
+        except ImportError as exc:  # pragma: no cover - pyarrow is an optional extra
+            raise ImportError(
+                f"math_file: reading {path} needs pyarrow (pip install quadrl[parquet])"
+            ) from exc
+        return list(enumerate(pq.read_table(path).to_pylist(), start=1))
+    text = path.read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):  # a JSON array of rows
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"math_file: {path}: not valid JSON ({exc})") from exc
+        return list(enumerate(rows, start=1))
+    out: list[tuple[int, Any]] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            out.append((number, json.loads(line)))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"math_file: {path}: row {number} is not valid JSON ({exc.msg})") from exc
+    return out
+
+
+def _to_example(
+    path: Path,
+    number: int,
+    row: Any,
+    *,
+    prompt_field: str,
+    answer_field: str,
+    solution_field: str | None,
+    template: str,
+) -> Example:
+    def bad(why: str) -> ValueError:
+        return ValueError(f"math_file: {path}: row {number}: {why}")
+
+    if not isinstance(row, dict):
+        raise bad(f"expected a JSON object, got {type(row).__name__}")
+    for name in (prompt_field, answer_field) + ((solution_field,) if solution_field else ()):
+        if name not in row:
+            raise bad(f"missing field {name!r} (has {sorted(map(str, row))[:10]})")
+    problem, answer = row[prompt_field], row[answer_field]
+    if not isinstance(problem, str) or not problem.strip():
+        raise bad(f"field {prompt_field!r} must be a non-empty string, got {type(problem).__name__}")
+    if isinstance(answer, bool) or not isinstance(answer, (str, int, float)):
+        raise bad(f"field {answer_field!r} must be a string or a number, got {type(answer).__name__}")
+    answer = str(answer).strip()
+    if not answer:
+        raise bad(f"field {answer_field!r} is empty")
+    if solution_field:
+        solution = row[solution_field]
+        if not isinstance(solution, str):
+            raise bad(f"field {solution_field!r} must be a string, got {type(solution).__name__}")
+    else:
+        solution = "\\boxed{" + answer + "}"
+    return Example(
+        prompt=template.replace("{prompt}", problem),
+        answer=answer,
+        target=solution,
+        meta={"problem": problem, "row": number, "file": str(path)},
+    )
+
+
+def _load(path: Path, **kwargs: Any) -> list[Example]:
+    examples = [_to_example(path, number, row, **kwargs) for number, row in _read_rows(path)]
+    if not examples:
+        raise ValueError(f"math_file: {path} has no rows")
+    return examples
+
+
+@lru_cache(maxsize=65536)
+def _parse_gold(answer: str, timeout: int | None) -> tuple[Any, ...]:
+    return tuple(_mv_parse("\\boxed{" + answer + "}", timeout))
+
+
+def _mv_parse(text: str, timeout: int | None) -> list[Any]:
+    from math_verify import parse
+
+    return parse(text, parsing_timeout=timeout)
+
+
+def _verify_unbounded(answer: str, predicted: str) -> bool:
+    from math_verify import verify
+
+    gold = list(_parse_gold(answer, None))
+    pred = _mv_parse("\\boxed{" + predicted + "}", None)
+    return bool(gold and pred and verify(gold, pred, timeout_seconds=None))
+
+
+def _verify_main_thread(answer: str, predicted: str, timeout: int) -> bool:
+    from math_verify import verify
+
+    gold = list(_parse_gold(answer, timeout))
+    pred = _mv_parse("\\boxed{" + predicted + "}", timeout)
+    return bool(gold and pred and verify(gold, pred, timeout_seconds=timeout))
+
+
+def math_equal(answer: str, predicted: str, timeout_seconds: int = 5) -> bool:
+    """Whether ``predicted`` is mathematically equal to the reference ``answer`` (math-verify), bounded in time
+    and safe to call from any thread; False on any error or timeout."""
+    if len(predicted) > MAX_ANSWER_CHARS or len(answer) > MAX_ANSWER_CHARS:
+        return False
+    try:
+        if threading.current_thread() is threading.main_thread():
+            return _verify_main_thread(answer, predicted, max(1, int(timeout_seconds)))
+        result: list[bool] = []
+
+        def work() -> None:
+            try:
+                result.append(_verify_unbounded(answer, predicted))
+            except Exception:
+                result.append(False)
+
+        worker = threading.Thread(target=work, name="quadrl-math-verify", daemon=True)
+        worker.start()
+        worker.join(timeout_seconds)
+        if worker.is_alive():
+            logger.warning(
+                "math_file: verification gave up after %ss (answer %.40r)", timeout_seconds, predicted
+            )
+            return False
+        return bool(result and result[0])
+    except Exception:
+        return False
+
+
+@register_task("math_file")
+class MathFileTask:
+    """Math problems from ``path`` (JSONL / JSON array / parquet), reward by math-verify."""
+
+    name = "math_file"
+
+    def __init__(
+        self,
+        *,
+        path: str,
+        prompt_field: str = "problem",
+        answer_field: str = "answer",
+        solution_field: str | None = None,
+        prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
+        test_path: str | None = None,
+        test_fraction: float = 0.1,
+        n_test: int | None = 200,
+        seed: int = 0,
+        test_seed: int = 0,
+        timeout_seconds: int = 5,
+        max_new_tokens: int = 1024,
+    ):
+        if "{prompt}" not in prompt_template:
+            raise ValueError(f"math_file: prompt_template must contain '{{prompt}}', got {prompt_template!r}")
+        if test_path is None and not 0.0 < test_fraction < 1.0:
+            raise ValueError(f"math_file: test_fraction must be in (0, 1), got {test_fraction}")
+        if n_test is not None and n_test < 1:
+            raise ValueError(f"math_file: n_test must be >= 1 or null, got {n_test}")
+        if timeout_seconds < 1:
+            raise ValueError(f"math_file: timeout_seconds must be >= 1, got {timeout_seconds}")
+        self.path = Path(path).expanduser()
+        self.test_path = Path(test_path).expanduser() if test_path else None
+        self.seed, self.test_seed, self.n_test = seed, test_seed, n_test
+        self.timeout_seconds = int(timeout_seconds)
+        self.max_new_tokens = int(max_new_tokens)
+        fields = {
+            "prompt_field": prompt_field,
+            "answer_field": answer_field,
+            "solution_field": solution_field,
+            "template": prompt_template,
+        }
+        rows = _load(self.path, **fields)
+        if self.test_path is not None:
+            test = _load(self.test_path, **fields)
+            test_problems = {ex.meta["problem"] for ex in test}
+            train = [ex for ex in rows if ex.meta["problem"] not in test_problems]
+        else:
+            train, test = [], []
+            for ex in rows:
+                (test if in_test_pool(self.name, ex.meta["problem"], test_fraction) else train).append(ex)
+        if n_test is not None and len(test) > n_test:
+            keep = sorted(random.Random(f"math_file:test:{test_seed}").sample(range(len(test)), n_test))
+            test = [test[i] for i in keep]
+        if not train or not test:
+            raise ValueError(
+                f"math_file: {self.path}: the split left {len(train)} train and {len(test)} test problems; "
+                "both must be non-empty (add rows, change test_fraction, or give test_path)"
+            )
+        self._train, self._test = train, test
+
+    def train(self) -> Sequence[Example]:
+        return self._train
+
+    def test(self) -> Sequence[Example]:
+        return self._test
+
+    def extract_answer(self, completion: str) -> str | None:
+        text = check_bounded_text(completion, MAX_COMPLETION_CHARS)
+        if text is None:
+            return None
+        boxed = last_boxed(text)
+        if boxed is not None:
+            return boxed
+        numbers = _NUMBER_RE.findall(text)
+        return numbers[-1] if numbers else None
+
+    def reward(self, example: Example, completion: str) -> float:
+        try:
+            predicted = self.extract_answer(completion)
+            if predicted is None:
+                return 0.0
+            return 1.0 if math_equal(example.answer, predicted, self.timeout_seconds) else 0.0
+        except Exception:  # a verifier never raises: anything unexpected is a wrong answer
+            return 0.0

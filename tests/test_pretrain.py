@@ -1,0 +1,210 @@
+"""Base-model pre-training: smoke run, determinism, stopping rule, cache, MLflow logging, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+import experiments.base_model as bm
+from experiments.base_model import (
+    BASE_MODEL_VERSION,
+    PretrainError,
+    build_tiny_model,
+    ensure_base_model,
+    evaluate_accuracy,
+    pretrain,
+)
+from experiments.tasks import make_task
+from experiments.tasks.tokenizer import build_char_tokenizer
+
+FAST = {"batch_size": 16, "warmup_steps": 5, "eval_every": 5, "dense_eval_every": 5, "tracking_uri": None}
+"""Tiny batches and a short warm-up so a handful of steps show learning."""
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """One intra-op thread: on the 2-core machine, 2 threads next to any other busy process run ~50x slower
+    (measured: 30 smoke steps 3.6 s with 1 thread, >170 s with 2)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_build_tiny_model_config_and_seed():
+    tok = build_char_tokenizer()
+    model = build_tiny_model(tok)
+    cfg = model.config
+    assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.intermediate_size) == (
+        128,
+        3,
+        4,
+        256,
+    )
+    assert cfg.vocab_size == len(tok) and cfg.tie_word_embeddings
+    assert model.get_input_embeddings().weight.data_ptr() == model.get_output_embeddings().weight.data_ptr()
+    assert (cfg.pad_token_id, cfg.bos_token_id, cfg.eos_token_id) == (0, 1, 2)
+    assert 300_000 < sum(p.numel() for p in model.parameters()) < 700_000
+    same, other = build_tiny_model(tok, seed=0), build_tiny_model(tok, seed=1)
+    w = model.model.layers[0].self_attn.q_proj.weight
+    assert torch.equal(w, same.model.layers[0].self_attn.q_proj.weight)
+    assert not torch.equal(w, other.model.layers[0].self_attn.q_proj.weight)
+
+
+def test_pretrain_smoke_loss_falls_and_saved_model_loads(tmp_path):
+    out = tmp_path / "base"
+    meta = pretrain(
+        "arith", {"n_test": 16}, out, seed=0, max_steps=30, max_seconds=120, allow_out_of_band=True, **FAST
+    )
+    assert meta["steps_trained"] == 30 and meta["in_band"] is False
+    history = meta["history"]
+    assert [h["step"] for h in history] == [5, 10, 15, 20, 25, 30]
+    assert history[-1]["loss"] < 0.75 * meta["first_loss"], history  # it learns
+    saved = json.loads((out / "quadrl_base.json").read_text())
+    assert saved["task"] == "arith" and saved["version"] == BASE_MODEL_VERSION and saved["seed"] == 0
+    assert saved["test_accuracy"] == meta["test_accuracy"] and saved["steps"] == 30
+
+    model = AutoModelForCausalLM.from_pretrained(out, local_files_only=True)
+    tok = AutoTokenizer.from_pretrained(out, local_files_only=True)
+    assert tok.encode("12+3=") == build_char_tokenizer().encode("12+3=")
+    assert model.config.eos_token_id == tok.eos_token_id
+    task = make_task("arith", n_test=16)
+    assert evaluate_accuracy(model, tok, task) == pytest.approx(meta["test_accuracy"])
+
+
+def test_same_seed_same_model(tmp_path):
+    kwargs = dict(seed=5, max_steps=6, max_seconds=60, allow_out_of_band=True, **FAST)
+    a = pretrain("countdown", {"n_test": 8}, tmp_path / "a", **kwargs)
+    b = pretrain("countdown", {"n_test": 8}, tmp_path / "b", **kwargs)
+    c = pretrain("countdown", {"n_test": 8}, tmp_path / "c", **{**kwargs, "seed": 6})
+    ma, mb, mc = (AutoModelForCausalLM.from_pretrained(tmp_path / x) for x in "abc")
+    pa, pb, pc = (dict(m.named_parameters()) for m in (ma, mb, mc))
+    assert all(torch.equal(pa[k], pb[k]) for k in pa)
+    assert not all(torch.equal(pa[k], pc[k]) for k in pa)
+    assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]
+    assert c["seed"] == 6
+
+
+def _scripted(monkeypatch, accuracies):
+    script = iter(accuracies)
+    monkeypatch.setattr(bm, "evaluate_accuracy", lambda *a, **k: next(script))
+
+
+def _run(tmp_path, **kw):
+    args = {**FAST, "batch_size": 2, "max_seconds": 120, "seed": 0, **kw}
+    return pretrain("arith", {"n_test": 4}, tmp_path / "m", **args)
+
+
+def test_stop_rule_stops_at_aim(tmp_path, monkeypatch):
+    # evals every 5 steps until acc >= low/2 = 0.1, then every dense_eval_every = 1 step
+    _scripted(monkeypatch, [0.0, 0.12, 0.25, 0.34, 0.36, 0.9])
+    meta = _run(tmp_path, dense_eval_every=1)
+    assert meta["in_band"] and meta["test_accuracy"] == 0.36
+    assert [h["step"] for h in meta["history"]] == [5, 10, 11, 12, 13]
+
+
+def test_stop_rule_falls_back_to_best_in_band_on_overshoot(tmp_path, monkeypatch):
+    _scripted(monkeypatch, [0.0, 0.30, 0.25, 0.70])
+    meta = _run(tmp_path)
+    assert meta["in_band"] and meta["test_accuracy"] == 0.30 and meta["steps"] == 10
+    assert meta["steps_trained"] == 20
+
+
+def test_stop_rule_overshoot_without_fallback_fails(tmp_path, monkeypatch):
+    _scripted(monkeypatch, [0.0, 0.05, 0.8])
+    with pytest.raises(PretrainError, match="jumped"):
+        _run(tmp_path)
+    assert not (tmp_path / "m").exists()
+
+
+def test_budget_exhausted_fails_or_keeps_in_band(tmp_path, monkeypatch):
+    _scripted(monkeypatch, [0.0, 0.01, 0.02])
+    with pytest.raises(PretrainError, match="not in"):
+        _run(tmp_path, max_steps=15)
+    _scripted(monkeypatch, [0.0, 0.22, 0.21])
+    meta = _run(tmp_path, max_steps=15)
+    assert meta["in_band"] and meta["test_accuracy"] == 0.22 and meta["steps"] == 10
+
+
+def test_pretrain_logs_to_mlflow(tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    _scripted(monkeypatch, [0.0, 0.4])
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    meta = _run(tmp_path, tracking_uri=uri, seed=3)
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("quadrl-base-models")
+    assert experiment is not None
+    run = client.get_run(meta["mlflow_run_id"])
+    assert run.info.experiment_id == experiment.experiment_id and run.info.status == "FINISHED"
+    assert run.info.run_name == "base-arith-seed3"
+    assert run.data.tags["quadrl.base_model_version"] == BASE_MODEL_VERSION
+    assert run.data.params["task"] == "arith" and run.data.params["task.n_test"] == "4"
+    accuracy = client.get_metric_history(run.info.run_id, "pretrain/test_accuracy")
+    assert [(m.step, m.value) for m in accuracy] == [(5, 0.0), (10, 0.4)]
+    assert len(client.get_metric_history(run.info.run_id, "pretrain/loss")) == 2
+
+
+def test_ensure_base_model_caches_and_never_leaves_half_entries(tmp_path, monkeypatch):
+    calls = []
+    real = bm.pretrain
+
+    def counting(*args, **kwargs):
+        calls.append(args[2])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(bm, "pretrain", counting)
+    kw = dict(seed=0, cache_dir=tmp_path, max_steps=2, allow_out_of_band=True, **FAST)
+    path = ensure_base_model("arith", {"n_test": 4}, **kw)
+    assert path.parent == tmp_path / "base_models" and (path / "quadrl_base.json").is_file()
+    assert (path / "config.json").is_file() and len(calls) == 1
+    assert ensure_base_model("arith", {"n_test": 4}, **kw) == path and len(calls) == 1  # cached
+    # explicit defaults key the same entry; a data-changing parameter or another seed does not
+    assert bm.base_model_key("arith", {"n_test": 4, "min_digits": 3}) == bm.base_model_key(
+        "arith", {"n_test": 4}
+    )
+    assert bm.base_model_key("arith", {"n_test": 4, "max_digits": 5}) != bm.base_model_key(
+        "arith", {"n_test": 4}
+    )
+    assert bm.base_model_key("arith", {}, seed=1) != bm.base_model_key("arith", {}, seed=0)
+    assert bm.base_model_key("arith", {"seed": 9}) == bm.base_model_key("arith", {})  # pretrain seed rules
+    assert bm.base_model_key("arith", {}, model_params={"hidden_size": 64}) != bm.base_model_key("arith", {})
+
+    def crash(*args, **kwargs):
+        (args[2] / "partial.bin").write_bytes(b"x")
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(bm, "pretrain", crash)
+    with pytest.raises(RuntimeError, match="boom"):
+        ensure_base_model("arith", {"n_test": 5}, **kw)
+    entries = [p.name for p in (tmp_path / "base_models").iterdir() if not p.name.endswith(".lock")]
+    assert entries == [path.name]
+
+
+def test_cli(tmp_path, capsys):
+    from experiments.pretrain import main
+
+    out = tmp_path / "cli"
+    code = main(
+        ["--task", "arith", "--out", str(out), "--max-steps", "2", "--eval-every", "1", "--allow-out-of-band"]
+        + ["--threads", "1"]
+        + ["--tracking-uri", "none", "-q", "n_test=4", "max_digits=3"]
+    )
+    assert code == 0
+    meta = json.loads((out / "quadrl_base.json").read_text())
+    assert meta["task_params"] == {"n_test": 4, "max_digits": 3} and meta["steps_trained"] == 2
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["out"] == str(out)
+    assert main(["--task", "arith", "--out", str(tmp_path / "x"), "--tracking-uri", "none", "bogus=1"]) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["arith", "countdown"])
+def test_pretrain_reaches_band(tmp_path, task):
+    meta = pretrain(task, {}, tmp_path / task, seed=0, max_seconds=1500, tracking_uri=None)
+    assert meta["in_band"] and 0.2 <= meta["test_accuracy"] <= 0.6
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / task)
+    tok = AutoTokenizer.from_pretrained(tmp_path / task)
+    assert evaluate_accuracy(model, tok, make_task(task)) == pytest.approx(meta["test_accuracy"])
