@@ -123,7 +123,8 @@ class Trainer:
     ):
         self.cfg, self.policy, self.task, self.intervention = cfg, policy, task, intervention
         self.tracker, self.run_dir = tracker, run_dir
-        self.train_examples = list(task.train())
+        self.train_examples = task.train()  # a lazy Sequence: built-in splits hold 10^6 generated items
+        self._order: tuple[int, list[int]] | None = None
         self.diag_split = EntropySplit(**dict(vars(cfg.diagnostics.split)))
         self.params = [p for p in policy.model.parameters() if p.requires_grad]
         o = cfg.optim
@@ -144,8 +145,10 @@ class Trainer:
 
     # ---------------------------------------------------------------- data
     def _epoch_order(self, epoch: int) -> list[int]:
-        gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
-        return torch.randperm(len(self.train_examples), generator=gen).tolist()
+        if self._order is None or self._order[0] != epoch:  # a pure function of (seed, epoch): cache, never save
+            gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
+            self._order = (epoch, torch.randperm(len(self.train_examples), generator=gen).tolist())
+        return self._order[1]
 
     def next_prompts(self, n: int) -> list[Example]:
         """The next n training prompts: a fresh seeded permutation per pass over the train split."""
