@@ -1,5 +1,8 @@
 """Hydra launchers on top of hydra-submitit-launcher, used as ``hydra/launcher=local`` and ``hydra/launcher=slurm``.
 
+Hydra only instantiates launcher classes defined under the ``hydra_plugins`` package, so the classes the configs
+name are thin subclasses in ``hydra_plugins/quadrl_launcher``; the logic is here.
+
 Two changes to the stock launchers, both about grids that must finish with nothing lost:
 - every job's result is collected even when some fail or SLURM kills them (the stock launcher stops at the
   first failure), then :func:`experiments.sweep.finalize` records the outcome on the sweep's parent run;
@@ -22,8 +25,6 @@ from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLauncher, SlurmLauncher
 from omegaconf import OmegaConf
-
-from experiments.sweep import finalize
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,8 @@ class _CollectingMixin:
             except Exception as error:  # killed, cancelled, or crashed outside the task: record, keep going
                 log.error("job #%d (%s) did not complete: %s", arg[2], " ".join(arg[0]), error)
                 results.append(_failed(arg[0], error))
+        from experiments.sweep import finalize  # here: the plugin scan imports this module in every Hydra app
+
         finalize(self.config, results)
         return results
 
@@ -110,11 +113,11 @@ class _CollectingMixin:
         self._progress(jobs, len(jobs))
 
 
-class QuadrlLocalLauncher(_CollectingMixin, LocalLauncher):
+class CollectingLocalLauncher(_CollectingMixin, LocalLauncher):
     def __init__(self, max_parallel: int = 2, **params: Any) -> None:
         super().__init__(**params)
         self.max_parallel = int(max_parallel)
 
 
-class QuadrlSlurmLauncher(_CollectingMixin, SlurmLauncher):
+class CollectingSlurmLauncher(_CollectingMixin, SlurmLauncher):
     pass

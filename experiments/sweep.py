@@ -48,7 +48,8 @@ class SweepTracking(Callback):
             return
         experiment_id = ensure_experiment(uri, experiment)
         client = MlflowClient(tracking_uri=uri)
-        params = OmegaConf.to_container(config.hydra.sweeper.get("params") or {}, resolve=False)
+        grid = config.hydra.sweeper.get("params")  # None when the grid is given on the command line only
+        params = OmegaConf.to_container(grid, resolve=False) if grid is not None else {}
         tags = {
             "quadrl.role": "sweep",
             "quadrl.sweep_dir": str(sweep_dir.resolve()),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -50,9 +51,14 @@ def sweep_parent() -> str | None:
     return parent_run_id(hc.sweep.dir) if hc.mode == RunMode.MULTIRUN else None
 
 
+def unescape(text: str) -> str:
+    """Drop Hydra's override escaping (``sqlite\\:///x`` -> ``sqlite:///x``): tags hold values, not syntax."""
+    return re.sub(r"\\(.)", r"\1", text)
+
+
 def condition_of(overrides: list[str]) -> str:
     """A job's condition: its overrides without the seed (how analysis groups seeds)."""
-    rest = sorted(o for o in overrides if not o.lstrip("+~").startswith("seed="))
+    rest = sorted(unescape(o) for o in overrides if not o.lstrip("+~").startswith("seed="))
     return " ".join(rest) if rest else "default"
 
 
@@ -113,7 +119,7 @@ def run(raw: DictConfig) -> dict[str, float]:
     }
     for override in overrides:
         key, _, value = override.lstrip("+~").partition("=")
-        tags[f"override.{key}"] = value
+        tags[f"override.{key}"] = unescape(value)
     if parent:
         tags["mlflow.parentRunId"] = parent
     name = (
@@ -142,7 +148,7 @@ def run(raw: DictConfig) -> dict[str, float]:
         if state is not None:
             trainer.load_checkpoint(state)
         final = trainer.run()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or submitit exiting after it requeued a preempted job
         tracker.finish("KILLED")
         raise
     except BaseException:
