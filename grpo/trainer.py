@@ -145,7 +145,9 @@ class Trainer:
 
     # ---------------------------------------------------------------- data
     def _epoch_order(self, epoch: int) -> list[int]:
-        if self._order is None or self._order[0] != epoch:  # a pure function of (seed, epoch): cache, never save
+        if (
+            self._order is None or self._order[0] != epoch
+        ):  # a pure function of (seed, epoch): cache, never save
             gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
             self._order = (epoch, torch.randperm(len(self.train_examples), generator=gen).tolist())
         return self._order[1]
@@ -263,17 +265,19 @@ class Trainer:
         rows: Tensor,
         multiplier: Tensor | None = None,
         with_extra: bool = True,
+        logp: Tensor | None = None,
     ):
+        """The loss on ``rows``; ``logp`` (current log-probs with grad) is computed unless given."""
         a = self.cfg.algo
-        logp = self.logprobs(batch, rows)
+        if logp is None:
+            logp = self.logprobs(batch, rows)
         single_pass = a.epochs * a.minibatches == 1
         old = logp.detach() if single_pass else facts.old_logprobs[rows]  # on-policy: rho = 1 exactly
         extra = None
         if with_extra and self.intervention.active(facts.step):
             seen = facts
-            if (
-                single_pass
-            ):  # an extra term must see the same pi_old as the surrogate, not the sampler's numerics
+            # an extra term must see the same pi_old as the surrogate, not the sampler's numerics
+            if single_pass:
                 old_all = facts.old_logprobs.clone()
                 old_all[rows] = old
                 seen = replace(facts, old_logprobs=old_all)
@@ -322,9 +326,14 @@ class Trainer:
         diagnose = cfg.diagnostics.every > 0 and step % cfg.diagnostics.every == 0
         everything = torch.arange(len(batch.rewards))
         if diagnose:
+            logp_all = self.logprobs(
+                batch, everything
+            )  # one forward; each quadrant's gradient reuses its graph
 
             def loss_for_multiplier(m: Tensor) -> Tensor:
-                return self.loss(facts, credit, batch, everything, multiplier=m, with_extra=False).loss
+                return self.loss(
+                    facts, credit, batch, everything, multiplier=m, with_extra=False, logp=logp_all
+                ).loss
 
             metrics.update(quadrant_gradient_diagnostics(self.params, loss_for_multiplier, masks))
 
