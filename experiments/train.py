@@ -62,6 +62,14 @@ def condition_of(overrides: list[str]) -> str:
     return " ".join(rest) if rest else "default"
 
 
+def intervention_label(params: dict[str, Any]) -> str:
+    """The conf/intervention preset chosen (``only_pos_high``), else the method's name (``quadrant``)."""
+    try:
+        return str(HydraConfig.get().runtime.choices.get("intervention") or params.get("name", "none"))
+    except ValueError:
+        return str(params.get("name", "none"))
+
+
 def resolve_run_dir(cfg: QuadrlConfig) -> Path:
     if cfg.run_dir:
         return Path(cfg.run_dir).expanduser().resolve()
@@ -124,7 +132,7 @@ def run(raw: DictConfig) -> dict[str, float]:
         tags["mlflow.parentRunId"] = parent
     name = (
         cfg.tracking.run_name
-        or f"{task_params['name']}-{intervention_params.get('name', 'none')}-s{cfg.seed}"
+        or f"{task_params['name']}-{intervention_label(intervention_params)}-s{cfg.seed}"
     )
     resolved = OmegaConf.to_container(raw, resolve=True)
     run_id = tracker.start(run_id, name, flatten(resolved), tags)
