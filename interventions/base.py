@@ -10,7 +10,7 @@ The per-token loss the core then optimises is (see ``grpo/loss.py`` for the full
 
     L_t = weight_t * pg_t(advantage_t) + beta * kl_weight_t * KL_t + extra_t
 
-aggregated over the tokens where ``loss_mask`` is true. A weight of 0 freezes a token's policy-gradient
+aggregated over the tokens where ``loss_mask`` is true (the KL part over all response tokens). A weight of 0 freezes a token's policy-gradient
 term but -- unless an intervention also clears ``loss_mask`` -- the token still counts in the normaliser,
 so freezing one group of tokens does not rescale the others.
 
@@ -23,10 +23,13 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from interventions.quadrants import EntropySplit
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,15 @@ class InterventionConfig:
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the field when a value is out of range."""
+        # type first: a string or float step (e.g. a quoted Hydra override) would otherwise fail with a bare
+        # TypeError in the comparisons below, or silently make a window that never matches an int step
+        for key, nullable in (("start_step", False), ("end_step", True)):
+            value = getattr(self, key)
+            if value is None and nullable:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int):
+                kind = "an integer or null" if nullable else "an integer"
+                raise ConfigError(f"intervention '{self.name}': {key} must be {kind}, got {value!r}")
         if self.start_step < 0:
             raise ConfigError(f"intervention '{self.name}': start_step must be >= 0, got {self.start_step}")
         if self.end_step is not None and self.end_step <= self.start_step:
@@ -137,6 +149,11 @@ class Intervention:
     def credit(self, facts: TokenFacts, credit: TokenCredit, generator: torch.Generator) -> TokenCredit:
         """Return the credit to use for this batch. ``generator`` is the only randomness allowed (resumable)."""
         return credit
+
+    def quadrant_split(self) -> EntropySplit | None:
+        """The entropy split this method decides quadrants with, if it has one. The core's per-quadrant
+        diagnostics then use it, so that they describe the very tokens the method froze or scaled."""
+        return None
 
     def extra_loss(
         self, facts: TokenFacts, credit: TokenCredit, logprobs: Tensor, rows: Tensor

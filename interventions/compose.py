@@ -22,20 +22,33 @@ from interventions.base import (
     build_intervention,
     register,
 )
+from interventions.quadrants import EntropySplit
 
 
 @dataclass
 class ComposeConfig(InterventionConfig):
     name: str = "compose"
+    """Registered name of the method."""
     steps: list[dict[str, Any]] = field(default_factory=list)
     """The interventions to apply, in order; each is a config dict with its own ``name``."""
 
     def validate(self) -> None:
         super().validate()
+        if isinstance(self.steps, (str, bytes, dict)) or not isinstance(self.steps, (list, tuple)):
+            raise ConfigError(
+                f"intervention 'compose': steps must be a list of intervention configs, got {self.steps!r}"
+            )
         if not self.steps:
             raise ConfigError("intervention 'compose': steps is empty; list at least one intervention")
-        if any(dict(s).get("name") == "compose" for s in self.steps):
-            raise ConfigError("intervention 'compose': steps may not contain another compose")
+        for i, step in enumerate(self.steps):
+            # build_intervention defaults a missing name to 'none': inside a list that would silently turn a
+            # mistyped step (e.g. {alpha: 0.3}) into a no-op, so every step must say which method it is
+            if not isinstance(step, dict) or "name" not in step:
+                raise ConfigError(
+                    f"intervention 'compose': steps[{i}] must be a mapping with a 'name' key, got {step!r}"
+                )
+            if step["name"] == "compose":
+                raise ConfigError("intervention 'compose': steps may not contain another compose")
 
 
 @register("compose")
@@ -46,13 +59,19 @@ class Compose(Intervention):
         super().__init__(config)
         self.steps = [build_intervention(dict(step)) for step in config.steps]
 
+    def quadrant_split(self) -> EntropySplit | None:
+        """The first step's that has one (the diagnostics can describe one split only)."""
+        return next((s for s in (step.quadrant_split() for step in self.steps) if s is not None), None)
+
     def credit(self, facts: TokenFacts, credit: TokenCredit, generator: torch.Generator) -> TokenCredit:
         for step in self.steps:
             if step.active(facts.step):
                 credit = step.credit(facts, credit, generator)
         return credit
 
-    def extra_loss(self, facts: TokenFacts, credit: TokenCredit, logprobs: Tensor, rows: Tensor) -> Tensor | None:
+    def extra_loss(
+        self, facts: TokenFacts, credit: TokenCredit, logprobs: Tensor, rows: Tensor
+    ) -> Tensor | None:
         total = None
         for step in self.steps:
             if step.active(facts.step):

@@ -13,6 +13,11 @@ so s_q = 0 freezes a quadrant (its tokens still count in the loss normaliser unl
 it, k > 1 amplifies it. "Train on PHR only" is s = (1, 0, 0, 0): ``conf/intervention/only_pos_high.yaml``.
 The advantages are not changed. Logged in ``credit.info``: the split (mode, fraction, threshold), the scales,
 the two switches and the share of response tokens this step froze.
+
+``renormalize`` changes the policy-gradient normaliser only: the core averages the KL term over all response
+tokens (``grpo/loss.py``), so a dropped token keeps its KL penalty unless ``mask_kl``. Under
+``seq_mean_token_sum_norm`` (Dr. GRPO) the normaliser is B * max_new_tokens, which no mask changes, so there
+``renormalize`` has no effect.
 """
 
 from __future__ import annotations
@@ -59,7 +64,8 @@ class QuadrantConfig(InterventionConfig):
     split: EntropySplit = field(default_factory=EntropySplit)
     """How tokens are called high/low entropy (``interventions.quadrants``)."""
     renormalize: bool = False
-    """If true, frozen tokens (scale 0) leave ``loss_mask``, so the normaliser counts only trained tokens."""
+    """If true, frozen tokens (scale 0) leave ``loss_mask``, so the policy-gradient normaliser counts only the
+    others (their KL term stays; no effect on Dr. GRPO's constant normaliser)."""
     mask_kl: bool = False
     """If true, the KL weight is multiplied by the quadrant scale too (default: the KL term is untouched)."""
 
@@ -84,6 +90,9 @@ class QuadrantConfig(InterventionConfig):
 class Quadrant(Intervention):
     config_class = QuadrantConfig
     config: QuadrantConfig
+
+    def quadrant_split(self) -> EntropySplit:
+        return self.config.split
 
     def credit(self, facts: TokenFacts, credit: TokenCredit, generator: torch.Generator) -> TokenCredit:
         cfg = self.config

@@ -18,11 +18,14 @@ one sequence for ``sequence_quantile``), n its size and f = ``high_fraction``::
 
 Consequences, all tested:
 - distinct entropies: exactly k tokens are high (k = f*n when f*n is an integer);
-- ties at the boundary all count as *low*, so at most k tokens are high (never more than the fraction asked);
+- ties at the boundary all count as *low*, so at most k tokens are high (k = f*n rounded *up*: with f*n not an
+  integer, e.g. n = 6 and f = 0.2, k = 2 is a little more than the fraction asked);
 - all entropies equal: no token is high (there is no "high" in a constant distribution);
 - the pool's minimum is never high.
-This is ``torch.quantile(H, 1 - f, interpolation="lower")`` with a strict ``>`` for distinct values, but is
-computed by rank in integers so that floating-point error in (n - 1) * (1 - f) cannot move the boundary.
+The threshold is found by rank in integers (f*n rounded to 6 decimals before the ceil), so floating-point
+error cannot move the boundary. It is *not* ``torch.quantile(H, 1 - f, interpolation="lower")`` with ``>``,
+which keeps ceil(f * (n - 1)) distinct tokens (1 of 6 at f = 0.2, where this rule keeps 2); the two differ by
+at most one token.
 
 ``absolute``: high <=> H_t >= ``threshold`` (nats) -- "at or above", as grpo/config.py documents it.
 

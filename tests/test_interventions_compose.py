@@ -93,3 +93,22 @@ def test_compose_sums_extra_losses_of_active_steps():
     extra = composed.extra_loss(facts, credit, logp_old + 0.25, rows)
     # n = max(1, floor(0.2 * 6)) = 1 selected token, penalty (1 + 3) * 0.25 = 1.0 there, 0 elsewhere
     assert extra is not None and float(extra.sum()) == 1.0 and int((extra != 0).sum()) == 1
+
+
+def test_compose_leaves_out_the_extra_loss_of_a_step_outside_its_window():
+    facts = facts_at(0)
+    logp_old = torch.tensor([[-1.0, -2.0], [-3.5, -1.5], [-0.5, -0.5]])
+    facts = TokenFacts(**{**facts.__dict__, "old_logprobs": logp_old})
+    composed = build_intervention(
+        {
+            "name": "compose",
+            "steps": [
+                {"name": "kl_cov", "ratio": 0.2},
+                {"name": "kl_cov", "ratio": 0.2, "beta": 3, "start_step": 5},
+            ],
+        }
+    )
+    credit = composed.credit(facts, TokenCredit.grpo_default(facts), torch.Generator())
+    extra = composed.extra_loss(facts, credit, logp_old + 0.25, torch.tensor([0, 1, 2]))
+    # at step 0 only the first step acts: 1 * 0.25 on its one selected token (+ 3 * 0.25 if the second did)
+    assert extra is not None and float(extra.sum()) == 0.25 and int((extra != 0).sum()) == 1

@@ -35,6 +35,9 @@ CONF = ROOT / "conf" / "intervention"
         ({"name": "hapo", "start_step": 5, "end_step": 5}, r"empty step window"),
         ({"name": "hapo", "start_step": 5, "end_step": 3}, r"empty step window"),
         ({"name": "hapo", "start_step": -1}, r"start_step must be >= 0"),
+        ({"name": "hapo", "start_step": "5"}, r"start_step must be an integer, got '5'"),
+        ({"name": "hapo", "end_step": 2.5}, r"end_step must be an integer or null, got 2\.5"),
+        ({"name": "quadrant", "start_step": True}, r"start_step must be an integer"),
         ({"name": "hapo", "alpha": 2.0, "phi": 2.0}, r"alpha must be < phi"),
         ({"name": "hapo", "phi": 0.0}, r"phi must be in \(0, inf\)"),
         ({"name": "hapo", "scope": "token"}, r"scope must be one of \['batch', 'group', 'sequence'\]"),
@@ -53,6 +56,19 @@ CONF = ROOT / "conf" / "intervention"
             {"name": "compose", "steps": [{"name": "compose", "steps": [{"name": "none"}]}]},
             r"another compose",
         ),
+        ({"name": "compose", "steps": "hapo"}, r"steps must be a list of intervention configs"),
+        ({"name": "compose", "steps": {"name": "hapo"}}, r"steps must be a list of intervention configs"),
+        ({"name": "compose", "steps": ["hapo"]}, r"steps\[0\] must be a mapping with a 'name' key"),
+        # without the check a step with no name silently became 'none'
+        (
+            {"name": "compose", "steps": [{"name": "hapo"}, {"start_step": 3}]},
+            r"steps\[1\] must be a mapping",
+        ),
+        (
+            {"name": "compose", "steps": [{"name": "quadrant", "scale": {"neg_lo": 0}}]},
+            r"intervention 'quadrant'\.scale: unknown key\(s\) \['neg_lo'\]",
+        ),
+        ({"name": "compose", "steps": [{"name": "hapo", "end_step": 0}]}, r"'hapo': empty step window"),
     ],
 )
 def test_bad_configs_are_refused_by_name(values, pattern):
@@ -145,9 +161,7 @@ def _dataclass_fields_without_docstring(path: Path) -> list[str]:
 
 
 def test_every_config_field_has_a_docstring():
-    files = [
-        p for p in (ROOT / "interventions").glob("*.py") if p.name not in {"base.py", "compose.py", "none.py"}
-    ]
+    files = [p for p in (ROOT / "interventions").glob("*.py") if p.name not in {"base.py", "none.py"}]
     missing = [m for p in files for m in _dataclass_fields_without_docstring(p)]
     assert missing == []
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 import pytest
 import torch
 
@@ -90,6 +93,50 @@ def test_quadrant_renormalize_and_mask_kl():
     assert credit.kl_weights.tolist() == [[0.0, 2.0, 0.0], [0.5, 3.0, 0.0], [1.0, 1.0, 1.0], [1.0, 0.0, 0.0]]
 
 
+SCALES = {"pos_high": 2.0, "pos_low": 0.0, "neg_high": 0.5, "neg_low": 3.0}
+
+
+def test_quadrant_sequence_quantile_split_is_used():
+    # f = 0.5, per response: seq0 n=3, k=2, tau = 3rd largest = 0.1 -> high {2.0, 0.5};
+    # seq1 n=2, k=1, tau = 0.2 -> high {1.5}; logged threshold = mean tau over all rows
+    # (seq2: k=2, tau = 0.3; seq3: n=1, tau = 0.6) = (0.1 + 0.2 + 0.3 + 0.6) / 4 = 0.3
+    values = {
+        "name": "quadrant",
+        "scale": SCALES,
+        "split": {"mode": "sequence_quantile", "high_fraction": 0.5},
+    }
+    credit = run(values, batch())
+    assert credit.weights.tolist() == [[0.0, 2.0, 2.0], [0.5, 3.0, 0.0], [1.0, 1.0, 1.0], [1.0, 0.0, 0.0]]
+    assert credit.info["quadrant/split_threshold"] == pytest.approx(0.3)
+    assert credit.info["quadrant/split_mode_sequence_quantile"] == 1.0
+    assert credit.info["quadrant/split_mode_batch_quantile"] == 0.0
+
+
+def test_quadrant_absolute_split_is_used():
+    # high <=> H >= 1.0: seq0 [0.1 low, 2.0 high, 0.5 low], seq1 [1.5 high, 0.2 low]
+    values = {"name": "quadrant", "scale": SCALES, "split": {"mode": "absolute", "threshold": 1.0}}
+    credit = run(values, batch())
+    assert credit.weights.tolist() == [[0.0, 2.0, 0.0], [0.5, 3.0, 0.0], [1.0, 1.0, 1.0], [1.0, 0.0, 0.0]]
+    # at the threshold itself: H = 0.5 counts as high (>=)
+    values["split"]["threshold"] = 0.5
+    assert run(values, batch()).weights[0].tolist() == [0.0, 2.0, 2.0]
+    assert credit.info["quadrant/split_threshold"] == 1.0
+    assert math.isnan(credit.info["quadrant/split_high_fraction"])  # no fraction in absolute mode
+
+
+# ---------------------------------------------------------------------------------------------- none
+
+
+def test_none_returns_the_grpo_credit_unchanged():
+    facts = batch()
+    credit = run({"name": "none"}, facts)
+    assert credit.advantages.tolist() == facts.advantages.tolist()
+    assert credit.weights.int().tolist() == PAD
+    assert credit.kl_weights.int().tolist() == PAD
+    assert credit.loss_mask.int().tolist() == PAD
+    assert credit.clip is True and credit.info == {} and credit.extras == {}
+
+
 # ---------------------------------------------------------------------------------------------- HAPO
 
 
@@ -115,6 +162,38 @@ def test_hapo_batch_scope_hand_numbers():
 def test_hapo_group_and_sequence_scope_hand_numbers(scope):
     credit = run({"name": "hapo", "scope": scope}, hapo_batch())
     assert close(credit.advantages, [[0.36, 0.44], [-2.2, -1.8], [0.0, 0.0]])
+
+
+# B=3, T=3, groups {0, 1}, {2}; padding entropies set to 100 so that a leak into mu/sigma would show.
+#   seq0 A=+1 H=[0, 2, pad]    seq1 A=-1 H=[1, 1, 1]    seq2 A=+1 H=[4, pad, pad]
+# alpha = 0.2, phi = 0.5: bound |A|/phi = 2 clips nothing below, so A' = A + 0.2 * sign(A) * z
+# sequence: seq0 mu 1, sigma 1 -> z [-1, 1] -> [0.8, 1.2]; seq1 and seq2 sigma 0 -> unchanged
+# group:    group0 pool {0, 2, 1, 1, 1}: mu 1, sigma sqrt(2/5) = 0.632456 -> seq0 z = -+1.581139
+#           -> [0.683772, 1.316228]; seq1 z = 0 -> unchanged; group1 = {4}: sigma 0 -> unchanged
+# batch:    pool {0, 2, 1, 1, 1, 4}: mu 1.5, sigma sqrt(9.5/6) = 1.258306
+#           z(0) = -1.192079, z(2) = 0.397360, z(1) = -0.397360, z(4) = 1.986799
+#           seq0 [0.761584, 1.079472]; seq1 -1 + 0.079472 = -0.920528; seq2 1.397360
+def hapo_padded_batch() -> TokenFacts:
+    facts = make_facts(
+        [1.0, -1.0, 1.0],
+        [[0.0, 2.0, 0.0], [1.0, 1.0, 1.0], [4.0, 0.0, 0.0]],
+        [[1, 1, 0], [1, 1, 1], [1, 0, 0]],
+        [0, 0, 1],
+    )
+    return dataclasses.replace(facts, entropy=facts.entropy + 100.0 * ~facts.response_mask)
+
+
+@pytest.mark.parametrize(
+    ("scope", "expected"),
+    [
+        ("sequence", [[0.8, 1.2, 0.0], [-1.0, -1.0, -1.0], [1.0, 0.0, 0.0]]),
+        ("group", [[0.683772, 1.316228, 0.0], [-1.0, -1.0, -1.0], [1.0, 0.0, 0.0]]),
+        ("batch", [[0.761584, 1.079472, 0.0], [-0.920528, -0.920528, -0.920528], [1.397360, 0.0, 0.0]]),
+    ],
+)
+def test_hapo_scopes_differ_and_ignore_padding(scope, expected):
+    credit = run({"name": "hapo", "alpha": 0.2, "phi": 0.5, "scope": scope}, hapo_padded_batch())
+    assert close(credit.advantages, expected)
 
 
 def test_hapo_zero_sigma_leaves_advantages():
@@ -176,6 +255,22 @@ def test_token_covariance_hand_numbers():
     assert close(token_covariance(f.advantages, f.old_logprobs, f.response_mask), [[3.0, 0.0], [4.5, -1.5]])
 
 
+def test_token_covariance_ignores_padding():
+    # seq1's second token is padding with log-prob 999: the means are over the 3 real tokens only
+    # mean A = (3 + 3 - 1) / 3 = 5/3, mean log pi = (-1 - 2 - 3) / 3 = -2
+    # cov = [(4/3) * 1, (4/3) * 0], [(-8/3) * (-1), pad -> 0]
+    f = make_facts(
+        [3.0, -1.0],
+        [[1.0, 1.0], [1.0, 0.0]],
+        [[1, 1], [1, 0]],
+        [0, 0],
+        old_logprobs=[[-1.0, -2.0], [-3.0, 999.0]],
+    )
+    assert close(
+        token_covariance(f.advantages, f.old_logprobs, f.response_mask), [[4 / 3, 0.0], [8 / 3, 0.0]]
+    )
+
+
 def test_clip_cov_zeroes_one_random_candidate():
     # candidates (1 < cov < 5): (0,0) = 3 and (1,0) = 4.5; n = max(1, floor(2e-4 * 4)) = 1
     chosen = set()
@@ -224,6 +319,23 @@ def test_kl_cov_ratio_half_beta_two():
     assert credit.extras["kl_cov/selected"].int().tolist() == [[1, 0], [1, 0]]
     extra = method.extra_loss(facts, credit, torch.tensor([[-1.5, -2.0], [-3.0, -1.0]]), torch.tensor([0, 1]))
     assert close(extra, [[1.0, 0.0], [1.0, 0.0]])  # 2 * 0.5 at (0,0) and (1,0)
+
+
+def test_kl_cov_penalty_follows_the_kl_weights():
+    # a quadrant step with mask_kl freezes neg_low (equal entropies: every token is low) and its KL weight;
+    # KL-Cov still selects (1,0) = 4.5, but its penalty is beta * kl_weight * |.| = 0 there
+    method = build_intervention(
+        {
+            "name": "compose",
+            "steps": [{"name": "quadrant", "scale": {"neg_low": 0.0}, "mask_kl": True}, {"name": "kl_cov"}],
+        }
+    )
+    facts = cov_batch()
+    credit = method.credit(facts, TokenCredit.grpo_default(facts), torch.Generator())
+    assert credit.extras["kl_cov/selected"].int().tolist() == [[0, 0], [1, 0]]
+    assert credit.kl_weights.tolist() == [[1.0, 1.0], [0.0, 0.0]]
+    extra = method.extra_loss(facts, credit, torch.tensor([[-3.0, -1.0]]), torch.tensor([1]))
+    assert close(extra, [[0.0, 0.0]])
 
 
 # ---------------------------------------------------------------------------------------------- polarity-only

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from interventions import build_intervention
 from interventions.base import ConfigError, TokenCredit, TokenFacts
 from interventions.quadrants import (
     QUADRANTS,
@@ -89,6 +90,10 @@ def _high_count(values, fraction) -> int:
         (100, 0.2, 20),
         (7, 0.5, 4),
         (2, 0.6, 1),
+        # k = ceil(f * n) where torch.quantile(..., 1 - f, "lower") with ">" would keep ceil(f * (n - 1)):
+        (6, 0.2, 2),  # ceil(1.2) = 2, not ceil(1.0) = 1
+        (3, 0.5, 2),  # ceil(1.5) = 2, not 1
+        (7, 0.3, 3),  # ceil(2.1) = 3, not ceil(1.8) = 2
     ],
 )
 def test_distinct_entropies_give_ceil_of_fraction_times_n(n, fraction, expected):
@@ -127,6 +132,18 @@ def test_sequence_quantile_uses_each_response_alone():
     assert threshold == pytest.approx((3.0 + 10.0 + 0.1) / 3)  # mean tau over the non-empty rows
 
 
+def test_sequence_quantile_ties_count_as_low():
+    # each row alone, all real tokens:
+    #   row0 [3, 2, 2, 2, 1] f=0.4: k = 2, tau = 3rd largest = 2 -> the three 2s are low, only 3 is high
+    #   row1 [5, 5, 1, 1]   f=0.4: k = ceil(1.6) = 2, tau = 3rd largest = 1 -> both 5s high
+    #   row2 [5, 5, 5, 1]   f=0.4: k = 2, tau = 3rd largest = 5 -> a tie straddling the boundary: none high
+    h = torch.tensor([[3.0, 2.0, 2.0, 2.0, 1.0], [5.0, 5.0, 1.0, 1.0, 9.0], [5.0, 5.0, 5.0, 1.0, 9.0]])
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 1, 0], [1, 1, 1, 1, 0]], dtype=torch.bool)
+    high, threshold = entropy_high_mask(h, mask, EntropySplit(mode="sequence_quantile", high_fraction=0.4))
+    assert as_list(high) == [[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [0, 0, 0, 0, 0]]
+    assert threshold == pytest.approx((2.0 + 1.0 + 5.0) / 3)
+
+
 def test_absolute_threshold_is_at_or_above():
     # threshold 0.5: 0.5 itself is high (>=), 0.4 is low; padding (100) never
     masks = split_quadrants(batch(), EntropySplit(mode="absolute", threshold=0.5))
@@ -156,10 +173,23 @@ def test_quadrants_partition_the_nonzero_advantage_tokens():
 
 
 def test_polarity_comes_from_facts_not_from_reshaped_credit():
+    # an earlier step that flipped every advantage (credit.advantages = -A) must not move a token between
+    # quadrants: the quadrant intervention reads polarity from facts.advantages. f = 1/3: seq0 (A = +1 in
+    # facts) has pos_low (0,0), (0,2) and pos_high (0,1); seq1 (A = -1) has neg_high (1,0), neg_low (1,1).
     facts = batch()
-    masks = split_quadrants(facts, EntropySplit(high_fraction=1 / 3))
-    # seq0 is positive in facts; a credit that flipped its advantages would not change the split
-    assert bool(masks.pos_low[0, 0]) and not bool(masks.neg_low[0, 0])
+    default = TokenCredit.grpo_default(facts)
+    flipped = TokenCredit(-default.advantages, default.weights, default.kl_weights, default.loss_mask)
+    method = build_intervention(
+        {
+            "name": "quadrant",
+            "scale": {"pos_high": 2.0, "pos_low": 0.0, "neg_high": 0.5, "neg_low": 3.0},
+            "split": {"high_fraction": 1 / 3},
+        }
+    )
+    out = method.credit(facts, flipped, torch.Generator())
+    # by facts' polarity; reading credit's would give [[3, 0.5, 3], [2, 0, 0], ...]
+    assert out.weights.tolist() == [[0.0, 2.0, 0.0], [0.5, 3.0, 0.0], [1.0, 1.0, 1.0], [1.0, 0.0, 0.0]]
+    assert torch.equal(out.advantages, flipped.advantages)  # and the advantages it was given are kept
 
 
 def test_quadrant_stats_hand_numbers():
