@@ -102,6 +102,9 @@ def run(raw: DictConfig) -> dict[str, float]:
     intervention_params: dict[str, Any] = OmegaConf.to_container(raw.intervention, resolve=True)  # type: ignore[assignment]
     intervention = build_intervention(intervention_params)
     task = make_task(**task_params)
+    # null budget = the task's own; written back to the raw config so the params and config.yaml show it
+    if cfg.sampling.max_new_tokens is None:
+        cfg.sampling.max_new_tokens = raw.sampling.max_new_tokens = int(task.max_new_tokens)
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
 

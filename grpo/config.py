@@ -4,6 +4,7 @@ of range. Both run before any model is loaded. The YAML tree under ``conf/`` mir
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,12 +35,13 @@ class ModelConfig:
     path: str | None = None
     """Local model directory (source=local). Loaded with AutoModelForCausalLM / AutoTokenizer, never downloaded."""
     device: str = "auto"
-    """'auto' (CUDA if present, else CPU), 'cpu', 'cuda', 'cuda:1', ..."""
+    """'auto' (CUDA if present, else CPU), 'cpu', 'cuda', 'cuda:1', 'mps'."""
     dtype: str = "auto"
     """'auto' (bfloat16 on CUDA, float32 on CPU), 'float32', 'bfloat16', 'float16'."""
     chat_template: str = "auto"
     """'auto': use the tokenizer's chat template when it has one; 'never': feed the raw prompt."""
     lora: LoraConfig = field(default_factory=LoraConfig)
+    """LoRA adapter settings (full fine-tuning when lora.enabled is false)."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward (large models)."""
     base_seed: int = 0
@@ -86,8 +88,9 @@ class SamplingConfig:
     """Sampling temperature (log-probs and entropies are those of softmax(logits / temperature))."""
     top_p: float = 1.0
     """Nucleus sampling mass (1 = off)."""
-    max_new_tokens: int = 64
-    """Longest response; also Dr. GRPO's constant normaliser."""
+    max_new_tokens: int | None = None
+    """Longest response; also Dr. GRPO's constant normaliser. null = the task's own budget (arith: 9 tokens a
+    digit plus the answer, countdown 40, math_file ``task.max_new_tokens``), logged in the run's params."""
 
 
 @dataclass
@@ -95,7 +98,9 @@ class OptimConfig:
     lr: float = 1e-4
     """AdamW learning rate (peak, after warm-up)."""
     weight_decay: float = 0.0
+    """AdamW decoupled weight decay."""
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    """AdamW (beta1, beta2)."""
     warmup_steps: int = 0
     """Linear warm-up steps (optimizer steps)."""
     schedule: str = "constant"
@@ -112,8 +117,9 @@ class TrainConfig:
     """Save a resumable checkpoint every N steps (and at the end)."""
     log_samples_every: int = 50
     """Log a table of sample completions every N steps (0 = never)."""
-    logits_chunk: int = 256
-    """Sequence positions per chunk when computing log-probs from hidden states."""
+    logits_chunk: int = 4096
+    """Response tokens (over the whole batch, padding skipped) per chunk when computing log-probs from hidden
+    states: bounds the float32 [tokens, vocab] logits held at once (4096 x 150k vocab ~ 2.5 GB)."""
     threads: int = 0
     """torch intra-op threads (0 = leave torch's default)."""
     progress: bool = True
@@ -151,7 +157,8 @@ class DiagnosticsConfig:
     every: int = 0
     """Per-quadrant gradient norms/cosines and log-prob change every N steps (0 = off; cheap stats always on)."""
     split: EntropySplitConfig = field(default_factory=EntropySplitConfig)
-    """The entropy split used by the diagnostics (interventions that split carry their own)."""
+    """The entropy split of the per-quadrant diagnostics, unless the intervention splits tokens itself
+    (``quadrant``, or a ``compose`` holding one): then its split is used, so both describe the same tokens."""
 
 
 @dataclass
@@ -171,17 +178,25 @@ class TrackingConfig:
 @dataclass
 class QuadrlConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
+    """Which model, where it runs, LoRA or full fine-tuning."""
     task: Any = field(default_factory=lambda: {"name": "arith"})
     """Task name and its parameters (validated by the task registry)."""
     algo: AlgoConfig = field(default_factory=AlgoConfig)
+    """The GRPO objective and its update schedule (presets: conf/algo/)."""
     intervention: Any = field(default_factory=lambda: {"name": "none"})
     """Intervention name and its parameters (validated by the intervention registry)."""
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    """How training rollouts are sampled."""
     optim: OptimConfig = field(default_factory=OptimConfig)
+    """AdamW, learning-rate schedule, gradient clipping."""
     train: TrainConfig = field(default_factory=TrainConfig)
+    """Loop length, checkpoints, logging cadence."""
     eval: EvalConfig = field(default_factory=EvalConfig)
+    """Evaluation on the task's test split."""
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
+    """Per-quadrant statistics and (optionally) gradient diagnostics."""
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    """MLflow tracking."""
     seed: int = 0
     """Seeds sampling, data order, LoRA init and intervention randomness."""
     run_dir: str | None = None
@@ -208,6 +223,25 @@ _CHOICES = {
 }
 
 
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:[0-9]+)?")
+
+
+def _check_device(device: str) -> None:
+    """The device must be spelled right and exist here: finding out after a base-model build costs minutes."""
+    import torch
+
+    _check(
+        _DEVICE.fullmatch(device) is not None,
+        f"model.device={device!r} is not one of 'auto', 'cpu', 'mps', 'cuda', 'cuda:<index>'",
+    )
+    if device.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(device.partition(":")[2] or 0)
+        _check(index < count, f"model.device={device!r} but this machine has {count} CUDA device(s)")
+    if device == "mps":
+        _check(torch.backends.mps.is_available(), "model.device='mps' but MPS is not available here")
+
+
 def validate(cfg: QuadrlConfig) -> None:
     """Refuse out-of-range values with a message naming the key. Cheap: no model, no data."""
     for key, choices in _CHOICES.items():
@@ -226,26 +260,40 @@ def validate(cfg: QuadrlConfig) -> None:
     _check(a.beta >= 0, f"algo.beta must be >= 0, got {a.beta}")
     _check(a.epochs >= 1, f"algo.epochs must be >= 1, got {a.epochs}")
     _check(
+        a.dynamic_sampling_max_rounds >= 0,
+        f"algo.dynamic_sampling_max_rounds must be >= 0, got {a.dynamic_sampling_max_rounds}",
+    )
+    _check(a.adv_eps >= 0, f"algo.adv_eps must be >= 0, got {a.adv_eps}")
+    _check(
         1 <= a.minibatches <= a.prompts_per_step,
         f"algo.minibatches must be in [1, prompts_per_step={a.prompts_per_step}], got {a.minibatches}",
     )
     _check(s.temperature > 0, f"sampling.temperature must be > 0, got {s.temperature}")
     _check(0 < s.top_p <= 1, f"sampling.top_p must be in (0, 1], got {s.top_p}")
-    _check(s.max_new_tokens >= 1, f"sampling.max_new_tokens must be >= 1, got {s.max_new_tokens}")
+    _check(
+        s.max_new_tokens is None or s.max_new_tokens >= 1,
+        f"sampling.max_new_tokens must be >= 1 or null, got {s.max_new_tokens}",
+    )
     _check(o.lr > 0 and math.isfinite(o.lr), f"optim.lr must be a positive number, got {o.lr}")
     _check(
         len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas),
         f"optim.betas must be two values in [0,1), got {o.betas}",
     )
     _check(o.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {o.warmup_steps}")
+    _check(o.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {o.weight_decay}")
+    _check(not math.isnan(o.grad_clip), "optim.grad_clip must be a number (<= 0 disables clipping), got nan")
     _check(t.steps >= 0, f"train.steps must be >= 0, got {t.steps}")
     _check(t.checkpoint_every >= 1, f"train.checkpoint_every must be >= 1, got {t.checkpoint_every}")
     _check(t.logits_chunk >= 1, f"train.logits_chunk must be >= 1, got {t.logits_chunk}")
+    _check(t.log_samples_every >= 0, f"train.log_samples_every must be >= 0, got {t.log_samples_every}")
+    _check(t.threads >= 0, f"train.threads must be >= 0, got {t.threads}")
     _check(
         e.every >= 0 and e.n_prompts >= 1,
         f"eval.every must be >= 0 and eval.n_prompts >= 1, got {e.every}, {e.n_prompts}",
     )
     _check(e.n_samples >= 0, f"eval.n_samples must be >= 0, got {e.n_samples}")
+    _check(e.temperature > 0, f"eval.temperature must be > 0, got {e.temperature}")
+    _check(e.batch_size >= 1, f"eval.batch_size must be >= 1, got {e.batch_size}")
     _check(
         all(1 <= k <= e.n_samples for k in e.pass_k) or e.n_samples == 0,
         f"eval.pass_k values must be in [1, eval.n_samples={e.n_samples}], got {list(e.pass_k)}",
@@ -256,6 +304,12 @@ def validate(cfg: QuadrlConfig) -> None:
     _check(
         lora.r >= 1 and lora.alpha > 0 and 0 <= lora.dropout < 1, f"model.lora values out of range: {lora}"
     )
+    _check(len(lora.target_modules) >= 1, "model.lora.target_modules must name at least one module")
+    _check(
+        cfg.model.base_max_seconds > 0,
+        f"model.base_max_seconds must be > 0, got {cfg.model.base_max_seconds}",
+    )
+    _check_device(cfg.model.device)
     if cfg.model.source == "local":
         _check(
             cfg.model.path is not None, "model.source=local needs model.path=<a local Hugging Face directory>"

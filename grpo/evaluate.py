@@ -62,7 +62,7 @@ def generate(
             policy.model,
             [policy.encode_prompt(ex.prompt) for ex in chunk],
             max_new_tokens=max_new_tokens,
-            eos_id=policy.eos_id,
+            eos_id=policy.stop_ids,
             pad_id=policy.pad_id,
             temperature=temperature,
             greedy=greedy,

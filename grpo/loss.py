@@ -9,14 +9,17 @@ For response i, token t, with importance ratio rho_t = pi_theta(o_t|s_t) / pi_ol
     KL_t  = log pi_theta - log pi_ref                                             (k1)
     KL_t  = exp(log pi_ref - log pi_theta) - (log pi_ref - log pi_theta) - 1      (k3, Schulman; >= 0)
 
-    L_t   = w_t * pg_t  +  beta * k_t * KL_t  +  extra_t
+    L  =  agg_m( w_t * pg_t + extra_t )  +  beta * agg_r( k_t * KL_t )
 
 where A_t, w_t (intervention weight), k_t (KL weight) and extra_t come from the intervention's TokenCredit;
-for plain GRPO A_t = A_i, w_t = k_t = 1, extra_t = 0. With m_t the loss mask, the aggregations are::
+for plain GRPO A_t = A_i, w_t = k_t = 1, extra_t = 0. m_t is the loss mask (an intervention may drop tokens
+from it to renormalise the policy-gradient term) and r_t the response mask: the KL term always averages over
+the response tokens, so dropping a token from m never drops its KL penalty (KL is masked only through k_t).
+When m = r this equals agg_m(L_t) with L_t = w_t pg_t + beta k_t KL_t + extra_t. The aggregations are::
 
-    grpo     (seq_mean_token_mean):   L = 1/B * sum_i  sum_t m_it L_it / sum_t m_it
-    dapo     (token_mean):            L = sum_it m_it L_it / sum_it m_it
-    dr_grpo  (seq_mean_token_sum_norm): L = sum_it m_it L_it / (B * max_new_tokens)
+    grpo     (seq_mean_token_mean):   agg_m(X) = 1/B * sum_i  sum_t m_it X_it / sum_t m_it
+    dapo     (token_mean):            agg_m(X) = sum_it m_it X_it / sum_it m_it
+    dr_grpo  (seq_mean_token_sum_norm): agg_m(X) = sum_it m_it X_it / (B * max_new_tokens)
 
 Nothing here knows which intervention produced the credit: masks and amplifications are only numbers in w_t.
 """
@@ -104,19 +107,25 @@ def policy_loss(
     kl_weights: Tensor | None = None,
     kl_estimator: KLEstimator = "k3",
     extra: Tensor | None = None,
+    response_mask: Tensor | None = None,
 ) -> LossTerms:
-    """L = aggregate(w * pg + beta * k * KL + extra). All [B, T]; ``logprobs`` carries the gradient."""
+    """L = agg_m(w * pg + extra) + beta * agg_r(k * KL). All [B, T]; ``logprobs`` carries the gradient.
+
+    ``response_mask`` (r) is where the KL term averages; None means the loss mask m.
+    """
     pg, ratio = clipped_surrogate(logprobs, old_logprobs, advantages, eps_low, eps_high, clip)
     per_token = weights * pg
+    if extra is not None:
+        per_token = per_token + extra
+    loss = aggregate(per_token, loss_mask, aggregation, max_new_tokens)
+    kl_mask = loss_mask if response_mask is None else response_mask
     kl_value = torch.zeros((), dtype=logprobs.dtype)
     if ref_logprobs is not None:
         kl = kl_penalty(logprobs, ref_logprobs, kl_estimator)
         if beta != 0.0:
-            per_token = per_token + beta * (kl_weights if kl_weights is not None else 1.0) * kl
-        kl_value = aggregate(kl.detach(), loss_mask, "token_mean", max_new_tokens)
-    if extra is not None:
-        per_token = per_token + extra
-    loss = aggregate(per_token, loss_mask, aggregation, max_new_tokens)
+            k = kl_weights if kl_weights is not None else 1.0
+            loss = loss + beta * aggregate(k * kl, kl_mask, aggregation, max_new_tokens)
+        kl_value = aggregate(kl.detach(), kl_mask, "token_mean", max_new_tokens)
 
     with torch.no_grad():
         m = loss_mask.float()

@@ -46,6 +46,17 @@ class Policy:
         return int(self.tokenizer.eos_token_id)
 
     @property
+    def stop_ids(self) -> list[int]:
+        """Tokens that end a response: the tokenizer's EOS plus the model's generation_config EOS ids (a chat
+        model ends its turn with e.g. <|im_end|> or <|eot_id|>, which need not be the tokenizer's EOS)."""
+        ids = [self.eos_id]
+        extra = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        for token in [extra] if isinstance(extra, int) else list(extra or []):
+            if int(token) not in ids:
+                ids.append(int(token))
+        return ids
+
+    @property
     def pad_id(self) -> int:
         pad = self.tokenizer.pad_token_id
         return int(pad if pad is not None else self.tokenizer.eos_token_id)
@@ -89,7 +100,14 @@ def load_policy(cfg: ModelConfig, path: Path, *, need_reference: bool, seed: int
     tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, local_files_only=True).to(device)
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        # non-reentrant: with the reentrant variant (older transformers' default) a frozen base in front of a
+        # LoRA adapter gives the checkpointed blocks no input that requires grad, and the adapter no gradient.
+        # transformers 5 renamed the method (the old name warns, and goes in v6).
+        kwargs = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     # LoRA's A matrices are initialised from the global RNG: seed it so a run is reproducible
     torch.manual_seed(seed)
     if cfg.lora.enabled:

@@ -6,13 +6,17 @@ H_t = -sum_v pi_old(v|s_t) log pi_old(v|s_t) of the *sampling* distribution, i.e
 Top-p only truncates what is drawn; log-probs and entropies are those of the temperature-scaled full
 distribution, which is the distribution the policy gradient differentiates.
 
-The training-time log-probs are computed from the backbone's hidden states in chunks along the sequence, so a
-150k vocabulary never holds a full [B, T, V] float32 copy (with grad, each chunk is recomputed in backward).
+The training-time log-probs are computed from the backbone's hidden states in chunks of at most ``chunk_size``
+response tokens taken over the whole batch (padding skipped), so a 150k vocabulary never holds a full
+[B, T, V] float32 copy, whatever B is (with grad, each chunk is recomputed in backward).
 """
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -74,35 +78,66 @@ def top_p_filter(logp: Tensor, top_p: float) -> Tensor:
     return logp.masked_fill(drop, -torch.inf)
 
 
+@lru_cache(maxsize=64)
+def _forward_parameters(forward_class: type) -> frozenset[str]:
+    return frozenset(inspect.signature(forward_class.forward).parameters)
+
+
+def _forward_names(model: torch.nn.Module) -> tuple[str, str | None]:
+    """(name of the KV-cache argument, name of the keep-only-the-last-logits argument or None).
+
+    transformers renamed ``past_key_values`` to ``cache`` (5.x; the old name is removed in 5.40) and
+    ``num_logits_to_keep`` to ``logits_to_keep``; pyproject keeps an open range, so ask the model's forward.
+    A peft wrapper forwards ``**kwargs``: ask the model it wraps.
+    """
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    names = _forward_parameters(type(inner))
+    cache = "cache" if "cache" in names else "past_key_values"
+    keep = next((n for n in ("logits_to_keep", "num_logits_to_keep") if n in names), None)
+    return cache, keep
+
+
 @torch.no_grad()
 def sample(
     model: torch.nn.Module,
     prompts: list[list[int]],
     *,
     max_new_tokens: int,
-    eos_id: int,
+    eos_id: int | Sequence[int],
     pad_id: int,
     temperature: float = 1.0,
     top_p: float = 1.0,
     greedy: bool = False,
     generator: torch.Generator | None = None,
 ) -> Rollout:
-    """Generate one response per prompt (repeat a prompt G times in ``prompts`` for a group)."""
+    """Generate one response per prompt (repeat a prompt G times in ``prompts`` for a group).
+
+    ``eos_id`` may be several ids (a chat model's end-of-turn and end-of-text): a response stops at any.
+    """
     device = next(model.parameters()).device
     prompt_ids, prompt_mask = left_pad(prompts, pad_id, device)
     batch = prompt_ids.shape[0]
+    stop_ids = torch.tensor([eos_id] if isinstance(eos_id, int) else list(eos_id), device=device)
+    cache_name, keep_name = _forward_names(model)
     attention = prompt_mask.long()
+    # only the last position's logits are needed: a [B, P, V] prompt logit tensor is GBs for a 150k vocabulary
+    keep = {keep_name: 1} if keep_name else {}
     out = model(
-        input_ids=prompt_ids, attention_mask=attention, position_ids=positions(prompt_mask), use_cache=True
+        input_ids=prompt_ids,
+        attention_mask=attention,
+        position_ids=positions(prompt_mask),
+        use_cache=True,
+        **keep,
     )
-    cache, next_logits = out.past_key_values, out.logits[:, -1, :]
+    cache, next_logits = getattr(out, cache_name), out.logits[:, -1, :]
     next_pos = prompt_mask.long().sum(-1, keepdim=True)
 
     tokens, logps, ents = [], [], []
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     alive = []
     for _ in range(max_new_tokens):
-        logp, ent = entropy_from_logits(next_logits / (1.0 if greedy else temperature))
+        # float32 before dividing: T applied to bf16 logits would round them before the softmax
+        logp, ent = entropy_from_logits(next_logits.float() / (1.0 if greedy else temperature))
         if greedy:
             token = logp.argmax(-1)
         else:
@@ -115,7 +150,7 @@ def sample(
         logps.append(torch.where(live, logp.gather(-1, token[:, None]).squeeze(-1), 0.0))
         ents.append(torch.where(live, ent, 0.0))
         alive.append(live)
-        finished = finished | (token == eos_id)
+        finished = finished | torch.isin(token, stop_ids)
         if bool(finished.all()):
             break
         attention = torch.cat([attention, live.long()[:, None]], dim=-1)
@@ -123,10 +158,10 @@ def sample(
             input_ids=token[:, None],
             attention_mask=attention,
             position_ids=next_pos,
-            past_key_values=cache,
             use_cache=True,
+            **{cache_name: cache},
         )
-        cache, next_logits = out.past_key_values, out.logits[:, -1, :]
+        cache, next_logits = getattr(out, cache_name), out.logits[:, -1, :]
         next_pos = next_pos + 1
 
     return Rollout(
@@ -144,6 +179,25 @@ def _chunk_logprobs(head: torch.nn.Module, hidden: Tensor, targets: Tensor, temp
     return torch.gather(F.log_softmax(logits, dim=-1), -1, targets[..., None]).squeeze(-1)
 
 
+_LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scaling")
+"""Config fields of architectures whose causal-LM forward transforms ``head(hidden)`` before returning logits
+(Gemma 2/3 soft-capping, Cohere's scale, Granite's divisor): ``head(hidden)`` alone would not be the policy."""
+
+
+def _backbone_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module] | None:
+    """(decoder, output head) when the model's logits are exactly ``head(decoder(...).last_hidden_state)``."""
+    config = getattr(model, "config", None)
+    for name in _LOGIT_POSTPROCESSING:
+        value = getattr(config, name, None)
+        if value is not None and value != 1:
+            return None
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if decoder is None or head is None or decoder is model:
+        return None
+    return decoder, head
+
+
 def response_logprobs(
     model: torch.nn.Module,
     prompt_ids: Tensor,
@@ -152,34 +206,48 @@ def response_logprobs(
     response_mask: Tensor,
     *,
     temperature: float = 1.0,
-    chunk_size: int = 256,
+    chunk_size: int = 4096,
     with_entropy: bool = False,
 ) -> tuple[Tensor, Tensor | None]:
-    """[B, T] log pi(o_t|s_t) of the given responses (with grad if enabled), and optionally the entropy."""
+    """[B, T] log pi(o_t|s_t) of the given responses (with grad if enabled; 0 on padding), and optionally the
+    entropy of softmax(logits / temperature) at each response position (detached).
+
+    The head runs on at most ``chunk_size`` response tokens at a time, gathered over the whole batch.
+    """
     input_ids = torch.cat([prompt_ids, response_ids], dim=1)
     mask = torch.cat([prompt_mask, response_mask], dim=1)
-    n_prompt, n_resp = prompt_ids.shape[1], response_ids.shape[1]
-    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
-    head = model.get_output_embeddings()
-    if decoder is None or head is None:  # no split into backbone + head: fall back to full logits
+    n_prompt = prompt_ids.shape[1]
+    split = _backbone_and_head(model)
+    if split is None:  # no exact split into backbone + head: fall back to the model's full logits
         logits = model(input_ids=input_ids, attention_mask=mask.long(), position_ids=positions(mask)).logits
         hidden, head = logits[:, n_prompt - 1 : -1], torch.nn.Identity()
     else:
+        decoder, head = split
         states = decoder(input_ids=input_ids, attention_mask=mask.long(), position_ids=positions(mask))
         hidden = states.last_hidden_state[:, n_prompt - 1 : -1]
 
+    # the state before response token t sits at hidden[:, t]; keep only real tokens, flattened over the batch
+    rows, cols = response_mask.nonzero(as_tuple=True)
+    flat_hidden, flat_targets = hidden[rows, cols], response_ids[rows, cols]
     logps, ents = [], []
-    recompute = torch.is_grad_enabled() and hidden.requires_grad
-    for start in range(0, n_resp, chunk_size):
-        h = hidden[:, start : start + chunk_size]
-        tgt = response_ids[:, start : start + chunk_size]
-        if recompute:
+    recompute = torch.is_grad_enabled() and flat_hidden.requires_grad
+    for start in range(0, flat_targets.shape[0], chunk_size):
+        h = flat_hidden[start : start + chunk_size]
+        tgt = flat_targets[start : start + chunk_size]
+        if recompute:  # keep only h for backward; the [n, V] logits are rebuilt there, one chunk at a time
             logps.append(checkpoint(_chunk_logprobs, head, h, tgt, temperature, use_reentrant=False))
         else:
             logps.append(_chunk_logprobs(head, h, tgt, temperature))
         if with_entropy:
             with torch.no_grad():
                 ents.append(entropy_from_logits(head(h.detach()).float() / temperature)[1])
-    logp = torch.cat(logps, 1) * response_mask
-    ent = torch.cat(ents, 1) * response_mask if with_entropy else None
+
+    shape = response_ids.shape
+    empty = hidden.new_zeros((0,), dtype=torch.float32)
+    flat_logp = torch.cat(logps) if logps else empty
+    logp = torch.zeros(shape, dtype=torch.float32, device=hidden.device).index_put((rows, cols), flat_logp)
+    ent = None
+    if with_entropy:
+        flat_ent = torch.cat(ents) if ents else empty
+        ent = torch.zeros(shape, dtype=torch.float32, device=hidden.device).index_put((rows, cols), flat_ent)
     return logp, ent

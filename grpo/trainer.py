@@ -100,6 +100,14 @@ def concat_batches(batches: list[Batch], pad_id: int) -> Batch:
 
 
 def lr_lambda(schedule: str, warmup: int, total: int):
+    """The LR multiplier of optimizer step s (0-based), W = ``warmup``, N = ``total`` optimizer steps::
+
+    f(s) = (s + 1) / W                          s < W   (linear warm-up, never 0)
+    f(s) = 1                                    constant
+    f(s) = 1 - p                                linear,  p = min(1, (s - W) / max(1, N - W))
+    f(s) = (1 + cos(pi * p)) / 2                cosine
+    """
+
     def factor(opt_step: int) -> float:
         if warmup and opt_step < warmup:
             return (opt_step + 1) / warmup
@@ -125,7 +133,8 @@ class Trainer:
         self.tracker, self.run_dir = tracker, run_dir
         self.train_examples = task.train()  # a lazy Sequence: built-in splits hold 10^6 generated items
         self._order: tuple[int, list[int]] | None = None
-        self.diag_split = EntropySplit(**dict(vars(cfg.diagnostics.split)))
+        # the quadrants logged are the ones the intervention acts on, when it splits tokens itself
+        self.diag_split = intervention.quadrant_split() or EntropySplit(**dict(vars(cfg.diagnostics.split)))
         self.params = [p for p in policy.model.parameters() if p.requires_grad]
         o = cfg.optim
         self.optimizer = torch.optim.AdamW(
@@ -173,7 +182,7 @@ class Trainer:
             pol.model,
             [pol.encode_prompt(ex.prompt) for ex in flat],
             max_new_tokens=s.max_new_tokens,
-            eos_id=pol.eos_id,
+            eos_id=pol.stop_ids,
             pad_id=pol.pad_id,
             temperature=s.temperature,
             top_p=s.top_p,
@@ -200,14 +209,18 @@ class Trainer:
             return batch, stats
         kept = [batch.select(torch.nonzero(informative_groups(batch.rewards, batch.group_ids)).squeeze(-1))]
         n_groups = int(kept[0].group_ids.max()) + 1 if len(kept[0].group_ids) else 0
+        sampled = [batch.rewards]
         for _ in range(a.dynamic_sampling_max_rounds):
             if n_groups >= a.prompts_per_step:
                 break
             more = self.sample_groups(self.next_prompts(a.prompts_per_step))
+            sampled.append(more.rewards)
             rows = torch.nonzero(informative_groups(more.rewards, more.group_ids)).squeeze(-1)
             if len(rows):
                 kept.append(more.select(rows))
                 n_groups += int(kept[-1].group_ids.max()) + 1
+        # train/reward_mean then describes the filtered batch (pulled toward 0.5); this is the policy's own
+        stats["train/reward_mean_sampled"] = float(torch.cat(sampled).mean())
         kept = [b for b in kept if len(b.group_ids)]
         if not kept:  # nothing informative: train on the original batch (all advantages are 0)
             return batch, stats
@@ -246,7 +259,8 @@ class Trainer:
             with torch.no_grad(), context:
                 ref = self.logprobs(batch, everything, module)
         return TokenFacts(
-            advantages=seq_adv[:, None] * mask,
+            # rewards live on the CPU, the rollout on the model's device
+            advantages=seq_adv.to(mask.device)[:, None] * mask,
             entropy=r.entropy,
             behaviour_logprobs=r.logprobs,
             old_logprobs=old,
@@ -299,14 +313,20 @@ class Trainer:
             kl_weights=credit.kl_weights[rows],
             kl_estimator=a.kl_estimator,
             extra=extra,
+            response_mask=facts.response_mask[rows],
         )
 
     def minibatches(self, batch: Batch) -> list[Tensor]:
-        """Split the batch into ``algo.minibatches`` row sets of whole groups."""
+        """Split the batch into ``algo.minibatches`` row sets of whole groups.
+
+        Dynamic sampling can leave fewer groups than minibatches: the empty sets are dropped, since an update on
+        no tokens would log a NaN loss and still move the weights (AdamW momentum and weight decay).
+        """
         groups = torch.unique(batch.group_ids)
         return [
             torch.nonzero(torch.isin(batch.group_ids, chunk)).squeeze(-1)
             for chunk in torch.tensor_split(groups, self.cfg.algo.minibatches)
+            if len(chunk)
         ]
 
     def step(self, step: int) -> dict[str, float]:

@@ -95,3 +95,35 @@ def sft_model_dir(tmp_path_factory, math_jsonl) -> Path:
         max_steps=300,
     )
     return out
+
+
+def make_trainer(tmp_path: Path, model_dir: Path, jsonl: Path, *overrides: str, reward=None):
+    """A Trainer on a local model and the JSONL sums (4 prompts x 4 samples, 4 new tokens unless overridden),
+    without tracking; ``reward(example, completion)`` replaces the task's verifier when given."""
+    from omegaconf import OmegaConf
+
+    from experiments.tasks import make_task
+    from experiments.tracking import Tracker
+    from grpo.model import load_policy
+    from grpo.trainer import Trainer
+    from interventions import build_intervention
+
+    raw = compose_config(
+        "model=local",
+        f"model.path={model_dir}",
+        *math_task(jsonl),
+        "tracking=off",
+        "algo.prompts_per_step=4",
+        "algo.group_size=4",
+        "sampling.max_new_tokens=4",
+        "train.log_samples_every=0",
+        f"run_dir={tmp_path}",
+        *overrides,
+    )
+    cfg = OmegaConf.to_object(raw)
+    task = make_task(**OmegaConf.to_container(raw.task))
+    if reward is not None:
+        task.reward = reward
+    policy = load_policy(cfg.model, model_dir, need_reference=cfg.algo.beta > 0, seed=cfg.seed)
+    intervention = build_intervention(OmegaConf.to_container(raw.intervention))
+    return Trainer(cfg, policy, task, intervention, Tracker("", "", enabled=False), tmp_path)

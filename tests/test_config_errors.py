@@ -41,6 +41,13 @@ def test_unknown_config_key_is_refused_by_name():
         ("algo.loss_aggregation=mean", "algo.loss_aggregation"),
         ("optim.lr=-1e-4", "optim.lr"),
         ("eval.pass_k=[1,16]", "eval.pass_k"),
+        ("eval.temperature=0", "eval.temperature"),
+        ("algo.adv_eps=-1", "algo.adv_eps"),
+        ("algo.dynamic_sampling_max_rounds=-1", "algo.dynamic_sampling_max_rounds"),
+        ("optim.weight_decay=-0.1", "optim.weight_decay"),
+        ("model.device=gpu", "model.device"),
+        ("model.device=cuda:99", "model.device"),  # no machine here has 100 GPUs
+        ("model.lora.target_modules=[]", "model.lora.target_modules"),
     ],
 )
 def test_out_of_range_values_are_refused(override, needle, tmp_path):

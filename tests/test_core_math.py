@@ -104,6 +104,31 @@ def test_policy_loss_weights_kl_and_clip_fractions():
     assert torch.allclose(logp.grad, torch.tensor([[0.025, 0.025], [-0.475, -0.225]]), atol=1e-6)
 
 
+def test_kl_averages_over_response_tokens_when_the_loss_mask_drops_one():
+    """A token dropped from the loss mask (quadrant ``renormalize``) keeps its KL penalty."""
+    logp = torch.log(torch.tensor([[0.5, 0.25]])).requires_grad_()
+    out = policy_loss(
+        logp,
+        logp.detach(),
+        torch.tensor([[1.0, 1.0]]),
+        torch.tensor([[1.0, 0.0]]),
+        torch.tensor([[True, False]]),
+        aggregation="token_mean",
+        eps_low=0.2,
+        eps_high=0.2,
+        max_new_tokens=2,
+        beta=0.1,
+        ref_logprobs=logp.detach() - 0.5,  # k1 = 0.5 per token, d k1 / d logp = 1
+        kl_estimator="k1",
+        response_mask=torch.tensor([[True, True]]),
+    )
+    # pg over m (1 token): -1 ; KL over r (2 tokens): 0.1 * (0.5 + 0.5) / 2 = 0.05
+    assert out.loss.item() == pytest.approx(-0.95, abs=1e-6)
+    out.loss.backward()
+    # token 0: -1 (pg) + 0.1 / 2 (KL) ; token 1: no pg, its KL gradient 0.1 / 2 stays
+    assert torch.allclose(logp.grad, torch.tensor([[-0.95, 0.05]]), atol=1e-6)
+
+
 def test_chunked_logprobs_and_entropy_match_categorical():
     from transformers import LlamaConfig, LlamaForCausalLM
 

@@ -358,3 +358,48 @@ def test_math_verify_works_off_the_main_thread():
     thread.start()
     thread.join(60)
     assert results == [True, False]
+
+
+def test_math_verify_never_reaches_sympy_parse_expr(math_rows, monkeypatch):
+    # math-verify's default expression extractor hands text to sympy's parse_expr, which runs Python eval;
+    # these completions reached it before only LaTeX extraction was enabled
+    import math_verify.parser as mv_parser
+
+    called: list[str] = []
+    real = mv_parser.parse_expr
+
+    def spy(text, *args, **kwargs):  # records, then behaves as before (math-verify swallows exceptions)
+        called.append(text)
+        return real(text, *args, **kwargs)
+
+    monkeypatch.setattr(mv_parser, "parse_expr", spy)
+    mv_parser.parse_expr_cached.cache_clear()
+    task = make_task("math_file", path=str(math_rows))
+    six = Example(prompt="", answer="6")
+    for text in ["\\boxed{a\\b 2*3 }", "\\boxed{=1+5 .}", "\\boxed{\\foo 2*3 }", "\\boxed{6}", "so 6"]:
+        task.reward(six, text)
+    assert called == []
+    assert task.reward(six, "\\boxed{2*3}") == 1.0 and task.reward(six, "\\boxed{6}") == 1.0
+
+
+def test_math_verify_is_bounded_in_time(monkeypatch):
+    import time
+
+    # main thread: math-verify's own alarm-based limit stops sympy on a tower of powers
+    start = time.perf_counter()
+    assert math_equal("1", "9^{9^{9^{9}}}", timeout_seconds=1) is False
+    assert time.perf_counter() - start < 10
+    # any other thread: a verification that never returns is abandoned after timeout_seconds
+    import experiments.tasks.math_file as math_file
+
+    monkeypatch.setattr(math_file, "_verify_unbounded", lambda answer, predicted: time.sleep(30) or True)
+    results: list[tuple[bool, float]] = []
+
+    def work():
+        t0 = time.perf_counter()
+        results.append((math_equal("1", "1", timeout_seconds=1), time.perf_counter() - t0))
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join(20)
+    assert results and results[0][0] is False and results[0][1] < 5

@@ -149,6 +149,27 @@ def test_crash_marks_failed_and_keeps_checkpoint(tmp_path, sft_model_dir, math_j
     assert torch.load(tmp_path / "run" / "checkpoint" / "state.pt", weights_only=True)["next_step"] == 2
 
 
+def test_unset_sampling_budget_is_the_tasks(tmp_path, tiny_model_dir, math_jsonl):
+    """sampling.max_new_tokens: null (the default) generates up to the task's budget, and logs that number."""
+    overrides = [o for o in small(tmp_path) if not o.startswith("sampling.max_new_tokens")]
+    cfg = compose_config(
+        *overrides,
+        "train.steps=2",
+        "eval.every=0",
+        "model=local",
+        f"model.path={tiny_model_dir}",
+        *math_task(math_jsonl),
+        "task.max_new_tokens=3",
+    )
+    assert cfg.sampling.max_new_tokens is None
+    run(cfg)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    rec = only_run(uri)
+    assert rec.data.params["sampling.max_new_tokens"] == "3"
+    lengths = history(uri, rec.info.run_id)["train/response_len"].values()
+    assert all(0 < v <= 3 for v in lengths), lengths  # an untrained model rarely stops by itself: ~3
+
+
 @pytest.mark.slow
 def test_grpo_raises_test_accuracy_on_builtin_base(tmp_path):
     """GRPO on the built-in arith base model (pre-trained into 20-60% greedy accuracy, cached)."""

@@ -5,38 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
-from experiments.tasks import make_task
-from experiments.tracking import Tracker
 from grpo.advantages import group_advantages
-from grpo.config import QuadrlConfig
 from grpo.loss import aggregate, clipped_surrogate
-from grpo.model import load_policy
 from grpo.rollout import response_logprobs
-from grpo.trainer import Trainer
-from interventions import build_intervention
 from interventions.base import TokenCredit
-from tests.conftest import compose_config, math_task
-
-
-def make_trainer(tmp_path, model_dir, jsonl, *overrides: str) -> Trainer:
-    raw = compose_config(
-        "model=local",
-        f"model.path={model_dir}",
-        *math_task(jsonl),
-        "tracking=off",
-        "algo.prompts_per_step=4",
-        "algo.group_size=4",
-        "sampling.max_new_tokens=4",
-        f"run_dir={tmp_path}",
-        *overrides,
-    )
-    cfg: QuadrlConfig = OmegaConf.to_object(raw)
-    task = make_task(**OmegaConf.to_container(raw.task))
-    policy = load_policy(cfg.model, model_dir, need_reference=False, seed=cfg.seed)
-    intervention = build_intervention(OmegaConf.to_container(raw.intervention))
-    return Trainer(cfg, policy, task, intervention, Tracker("", "", enabled=False), tmp_path)
+from tests.conftest import make_trainer
 
 
 @pytest.mark.parametrize("algo", ["grpo", "dapo", "dr_grpo"])
@@ -87,3 +61,31 @@ def test_dynamic_sampling_keeps_only_informative_groups(tmp_path, sft_model_dir,
         rewards = batch.rewards[batch.group_ids == g]
         assert rewards.min() < rewards.max()
     assert "train/groups_informative" in stats
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["intervention=quadrant", "intervention.split.mode=absolute", "intervention.split.threshold=0.7"],
+        [
+            "intervention=compose",
+            "intervention.steps=[{name: hapo}, {name: quadrant, split: {mode: absolute, threshold: 0.7}}]",
+        ],
+    ],
+    ids=["quadrant", "compose"],
+)
+def test_diagnostics_describe_the_quadrants_the_intervention_splits(
+    tmp_path, tiny_model_dir, math_jsonl, overrides
+):
+    trainer = make_trainer(tmp_path, tiny_model_dir, math_jsonl, *overrides)
+    assert trainer.diag_split.mode == "absolute" and trainer.diag_split.threshold == 0.7
+    assert trainer.step(0)["quadrant/entropy_threshold"] == pytest.approx(0.7)
+
+
+def test_diagnostics_split_is_the_configured_one_without_a_quadrant_intervention(
+    tmp_path, tiny_model_dir, math_jsonl
+):
+    trainer = make_trainer(
+        tmp_path, tiny_model_dir, math_jsonl, "intervention=hapo", "diagnostics.split.high_fraction=0.5"
+    )
+    assert (trainer.diag_split.mode, trainer.diag_split.high_fraction) == ("batch_quantile", 0.5)

@@ -24,6 +24,8 @@ class Example:
 
 class Task(Protocol):
     name: str
+    max_new_tokens: int
+    """The generation budget the task's answers need (``sampling.max_new_tokens: null`` uses it)."""
 
     def train(self) -> Sequence[Example]:
         """The training split (disjoint from test)."""

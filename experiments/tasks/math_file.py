@@ -16,7 +16,8 @@ sample, kept in file order; ``None`` keeps all of it); rows dropped by the cap n
 
 Reward: the content of the last ``\\boxed{...}`` in the completion (fallback: the last number) is parsed by
 ``math_verify.parse`` and compared with the parsed reference answer by ``math_verify.verify``; 1.0 if they
-match, else 0.0; never an exception, never ``eval``.
+match, else 0.0; never an exception, never ``eval`` (only math-verify's LaTeX extractor runs: its default
+expression extractor would pass text to sympy's ``parse_expr``, which evaluates Python).
 
 Time limit: math-verify's own timeouts use ``signal.alarm`` and raise in non-main threads. On the main thread
 the reward uses them (``timeout_seconds``). On any other thread it calls math-verify with its timeouts
@@ -151,9 +152,11 @@ def _parse_gold(answer: str, timeout: int | None) -> tuple[Any, ...]:
 
 
 def _mv_parse(text: str, timeout: int | None) -> list[Any]:
-    from math_verify import parse
+    from math_verify import LatexExtractionConfig, parse
 
-    return parse(text, parsing_timeout=timeout)
+    # LaTeX extraction only: math-verify's default also tries ExprExtractionConfig, which hands matched text to
+    # sympy's parse_expr, i.e. Python eval. The text is always "\\boxed{...}", which the LaTeX extractor reads.
+    return parse(text, extraction_config=[LatexExtractionConfig()], parsing_timeout=timeout)
 
 
 def _verify_unbounded(answer: str, predicted: str) -> bool:
