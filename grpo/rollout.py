@@ -131,10 +131,14 @@ def sample(
     )
     cache, next_logits = getattr(out, cache_name), out.logits[:, -1, :]
     next_pos = prompt_mask.long().sum(-1, keepdim=True)
+    compactable = hasattr(cache, "batch_select_indices")
 
-    tokens, logps, ents = [], [], []
-    finished = torch.zeros(batch, dtype=torch.bool, device=device)
-    alive = []
+    # The model runs on the rows still generating (``rows``: their indices in the batch); a finished row is
+    # dropped from the batch and the KV cache once enough rows have finished to pay for the copy, so that long
+    # tails of unfinished responses do not drag the finished ones along. Outputs are written back by row.
+    rows = torch.arange(batch, device=device)
+    tokens, logps, ents, alive = [], [], [], []
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)  # per row of the running batch
     for _ in range(max_new_tokens):
         # float32 before dividing: T applied to bf16 logits would round them before the softmax
         logp, ent = entropy_from_logits(next_logits.float() / (1.0 if greedy else temperature))
@@ -146,13 +150,26 @@ def sample(
             token = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(device)
         live = ~finished
         token = torch.where(live, token, torch.full_like(token, pad_id))
-        tokens.append(token)
-        logps.append(torch.where(live, logp.gather(-1, token[:, None]).squeeze(-1), 0.0))
-        ents.append(torch.where(live, ent, 0.0))
-        alive.append(live)
+        step_token = torch.full((batch,), pad_id, dtype=token.dtype, device=device)
+        step_live = torch.zeros(batch, dtype=torch.bool, device=device)
+        step_logp = torch.zeros(batch, dtype=torch.float32, device=device)
+        step_ent = torch.zeros(batch, dtype=torch.float32, device=device)
+        step_token[rows], step_live[rows] = token, live
+        step_logp[rows] = torch.where(live, logp.gather(-1, token[:, None]).squeeze(-1), 0.0)
+        step_ent[rows] = torch.where(live, ent, 0.0)
+        tokens.append(step_token)
+        logps.append(step_logp)
+        ents.append(step_ent)
+        alive.append(step_live)
         finished = finished | torch.isin(token, stop_ids)
-        if bool(finished.all()):
+        n_done = int(finished.sum())
+        if n_done == len(rows):
             break
+        if compactable and n_done * 4 >= len(rows):
+            keep = torch.nonzero(~finished).squeeze(-1)
+            cache.batch_select_indices(keep)
+            rows, finished = rows[keep], finished[keep]
+            token, live, next_pos, attention = token[keep], live[keep], next_pos[keep], attention[keep]
         attention = torch.cat([attention, live.long()[:, None]], dim=-1)
         out = model(
             input_ids=token[:, None],
@@ -169,8 +186,8 @@ def sample(
         prompt_mask=prompt_mask,
         response_ids=torch.stack(tokens, 1),
         response_mask=torch.stack(alive, 1),
-        logprobs=torch.stack(logps, 1).float(),
-        entropy=torch.stack(ents, 1).float(),
+        logprobs=torch.stack(logps, 1),
+        entropy=torch.stack(ents, 1),
     )
 
 

@@ -164,6 +164,39 @@ def test_sampling_stops_at_any_of_several_stop_ids():
     assert ended >= 4
 
 
+def test_finished_rows_leave_the_batch_without_changing_any_response(monkeypatch):
+    """Rows that finish are dropped from the running batch and KV cache; each response, log-prob and entropy
+    equals that of the same prompt generated alone (greedy: no randomness to share)."""
+    from transformers import DynamicCache
+
+    model = tiny_llama(seed=3)
+    prompts = PROMPTS * 3
+    kw = dict(max_new_tokens=12, pad_id=0, greedy=True)
+    free = sample(model, prompts, eos_id=39, **kw)
+    # half the prompts' second greedy token becomes a stop token: those rows finish early, the others run on
+    stops = sorted({int(free.response_ids[row, 1]) for row in range(0, len(prompts), 2)})
+    selections: list[int] = []
+    original = DynamicCache.batch_select_indices
+
+    def spy(self, indices):
+        selections.append(len(indices))
+        return original(self, indices)
+
+    monkeypatch.setattr(DynamicCache, "batch_select_indices", spy)
+    roll = sample(model, prompts, eos_id=stops, **kw)
+    assert selections and selections[-1] < len(prompts), "no row was ever dropped: the test proves nothing"
+    lengths = roll.response_mask.sum(-1)
+    assert int(lengths.min()) <= 2 and int(lengths.max()) == 12
+    for row, prompt in enumerate(prompts):
+        alone = sample(model, [prompt], eos_id=stops, **kw)
+        n = int(alone.response_mask.sum())
+        assert int(lengths[row]) == n
+        assert roll.response_ids[row, :n].tolist() == alone.response_ids[0, :n].tolist()
+        assert torch.allclose(roll.logprobs[row, :n], alone.logprobs[0, :n], atol=1e-5)
+        assert torch.allclose(roll.entropy[row, :n], alone.entropy[0, :n], atol=1e-5)
+        assert (roll.response_ids[row, n:] == 0).all() and (roll.logprobs[row, n:] == 0).all()
+
+
 def test_models_that_rescale_their_logits_use_the_full_forward():
     # Gemma 2 soft-caps its logits after the head: head(hidden) alone is not the policy
     from transformers import Gemma2Config, Gemma2ForCausalLM
