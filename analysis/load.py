@@ -58,6 +58,8 @@ class RunSet:
         tracking_uri: where the runs were read from.
         experiment_ids: experiments the runs belong to.
         parent_run_id: the sweep parent given, or the one parent shared by all runs (else None).
+        shared_overrides: overrides common to every condition, dropped from the condition names (which then
+            say only what differs, e.g. ``intervention=hapo``); empty when there is a single condition.
     """
 
     runs: pd.DataFrame
@@ -65,6 +67,8 @@ class RunSet:
     tracking_uri: str
     experiment_ids: list[str]
     parent_run_id: str | None = None
+    shared_overrides: tuple[str, ...] = ()
+    """Overrides every run has (e.g. ``experiment=quadrant_study``), left out of the condition names."""
 
     @property
     def metric_names(self) -> list[str]:
@@ -75,6 +79,15 @@ class RunSet:
     def conditions(self) -> list[str]:
         """Sorted condition names."""
         return sorted(self.runs["condition"].unique().tolist())
+
+
+def shared_overrides(conditions: Iterable[str]) -> tuple[str, ...]:
+    """The overrides present in every one of two or more distinct conditions, in the first one's order."""
+    distinct = list(dict.fromkeys(conditions))
+    if len(distinct) < 2:
+        return ()
+    common = set.intersection(*(set(c.split()) for c in distinct))
+    return tuple(o for o in distinct[0].split() if o in common)
 
 
 def _is_seed_override(override: str) -> bool:
@@ -208,6 +221,9 @@ def load_runs(
     client = MlflowClient(tracking_uri=tracking_uri)
     selected, exp_ids = _select_runs(client, experiment, parent_run_id)
     rows = [_run_row(r) for r in selected]
+    shared = shared_overrides([row["condition"] for row in rows])
+    for row in rows:
+        row["condition"] = " ".join(o for o in row["condition"].split() if o not in shared) or "default"
     runs = pd.DataFrame(rows, columns=None if rows else RUN_COLUMNS)
     if not runs.empty:
         runs["seed"] = runs["seed"].astype("Int64")
@@ -245,4 +261,5 @@ def load_runs(
         tracking_uri=tracking_uri,
         experiment_ids=exp_ids,
         parent_run_id=parent_run_id,
+        shared_overrides=shared,
     )

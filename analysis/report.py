@@ -56,18 +56,20 @@ class Report:
     notes: list[Note] = field(default_factory=list)
 
 
-def resolve_control(runs: pd.DataFrame, control: str | None) -> tuple[str | None, str]:
+def resolve_control(
+    runs: pd.DataFrame, control: str | None, shared: Sequence[str] = ()
+) -> tuple[str | None, str]:
     """The control condition and how it was chosen.
 
     A given name matches exactly, or else the one condition whose overrides include all of its
-    space-separated overrides. With none given, the one condition whose runs have param intervention.name in
-    {none, baseline, grpo} is taken.
+    space-separated overrides (those in ``shared``, common to every run, are ignored). With none given, the
+    one condition whose runs have param intervention.name in {none, baseline, grpo} is taken.
     """
     conditions = sorted(runs["condition"].unique().tolist()) if not runs.empty else []
     if control is not None:
         if control in conditions:
             return control, "given"
-        wanted = set(control.split())
+        wanted = set(control.split()) - set(shared)
         matches = [c for c in conditions if wanted <= set(c.split())]
         if len(matches) == 1:
             return matches[0], f"given as {control!r}"
@@ -108,7 +110,7 @@ def analyse(
     """Load the runs, compute the statistics and draw the figures into ``out_dir/figures``."""
     out_dir = Path(out_dir)
     runset = load_runs(tracking_uri, experiment=experiment, parent_run_id=parent_run_id)
-    control, control_note = resolve_control(runset.runs, control)
+    control, control_note = resolve_control(runset.runs, control, runset.shared_overrides)
     kw = dict(
         control=control,
         min_seeds=min_seeds,
@@ -169,6 +171,11 @@ def _source_lines(report: Report, args: dict) -> list[str]:
         f"- Generated: {dt.datetime.now().isoformat(timespec='seconds')}",
         f"- Metric: `{report.main.metric}`; tests compare each seed's **{report.main.compare_on}** value",
         f"- Control: `{report.control}` ({report.control_note})",
+        *(
+            [f"- Common to every run (left out of the condition names): `{' '.join(rs.shared_overrides)}`"]
+            if rs.shared_overrides
+            else []
+        ),
         f"- Minimum seeds: {args['min_seeds']}; bootstrap: percentile, {args['n_resamples']} resamples, "
         f"seed {args['seed']}",
     ]

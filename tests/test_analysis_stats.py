@@ -228,3 +228,25 @@ def test_planted_effect_found_and_null_not_flagged(sweep):
     assert t.loc[NULL, "p_welch_holm"] > 0.05 and t.loc[NULL, "p_mwu_holm"] > 0.05
     assert t.loc[CTRL, "is_control"] and math.isnan(t.loc[CTRL, "p_welch"])
     assert summary.notes == []
+
+
+def test_overrides_common_to_every_condition_are_left_out_of_the_names():
+    import pandas as pd
+
+    from analysis.load import shared_overrides
+    from analysis.report import resolve_control
+
+    study = [
+        "experiment=q intervention=none",
+        "experiment=q intervention=hapo",
+        "experiment=q intervention=hapo",
+    ]
+    assert shared_overrides(study) == ("experiment=q",)
+    assert shared_overrides(["experiment=q intervention=none"]) == ()  # one condition: nothing to tell apart
+    assert shared_overrides(["a=1 b=2", "a=1 b=3", "b=2"]) == ()
+    runs = pd.DataFrame({"condition": ["intervention=none", "intervention=hapo"]})
+    # a control spelled with the shared override still finds its (shortened) condition
+    assert (
+        resolve_control(runs, "experiment=q intervention=none", ("experiment=q",))[0] == "intervention=none"
+    )
+    assert resolve_control(runs, "experiment=q intervention=none")[0] == "experiment=q intervention=none"
