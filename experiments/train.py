@@ -25,6 +25,7 @@ from grpo.config import QuadrlConfig, register_configs, validate
 from grpo.model import load_policy
 from grpo.trainer import Trainer
 from interventions import build_intervention
+from interventions.base import ConfigError
 
 register_configs()
 
@@ -101,6 +102,12 @@ def run(raw: DictConfig) -> dict[str, float]:
     task_params: dict[str, Any] = OmegaConf.to_container(raw.task, resolve=True)  # type: ignore[assignment]
     intervention_params: dict[str, Any] = OmegaConf.to_container(raw.intervention, resolve=True)  # type: ignore[assignment]
     intervention = build_intervention(intervention_params)
+    first = intervention.first_active_step()
+    if first >= cfg.train.steps > 0:  # a typo'd window would silently give a plain GRPO run
+        raise ConfigError(
+            f"intervention '{intervention_params.get('name')}' first acts at step {first} (start_step), "
+            f"but train.steps={cfg.train.steps}: it would never act"
+        )
     task = make_task(**task_params)
     # null budget = the task's own; written back to the raw config so the params and config.yaml show it
     if cfg.sampling.max_new_tokens is None:

@@ -150,6 +150,10 @@ class Intervention:
         """Return the credit to use for this batch. ``generator`` is the only randomness allowed (resumable)."""
         return credit
 
+    def first_active_step(self) -> int:
+        """The first training step at which the method can act (the start of its step window)."""
+        return self.config.start_step
+
     def quadrant_split(self) -> EntropySplit | None:
         """The entropy split this method decides quadrants with, if it has one. The core's per-quadrant
         diagnostics then use it, so that they describe the very tokens the method froze or scaled."""

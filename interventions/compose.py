@@ -59,6 +59,9 @@ class Compose(Intervention):
         super().__init__(config)
         self.steps = [build_intervention(dict(step)) for step in config.steps]
 
+    def first_active_step(self) -> int:
+        return max(self.config.start_step, min(step.first_active_step() for step in self.steps))
+
     def quadrant_split(self) -> EntropySplit | None:
         """The first step's that has one (the diagnostics can describe one split only)."""
         return next((s for s in (step.quadrant_split() for step in self.steps) if s is not None), None)

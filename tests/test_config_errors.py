@@ -58,6 +58,32 @@ def test_out_of_range_values_are_refused(override, needle, tmp_path):
     assert not (tmp_path / "checkpoint").exists()
 
 
+@pytest.mark.parametrize(
+    "intervention",
+    [
+        {"name": "hapo", "start_step": 200},
+        {
+            "name": "compose",
+            "steps": [{"name": "hapo", "start_step": 250}, {"name": "top_entropy", "start_step": 300}],
+        },
+        {"name": "compose", "start_step": 200, "steps": [{"name": "hapo"}]},
+    ],
+)
+def test_intervention_window_after_the_last_step_is_refused(intervention, tmp_path):
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match=r"first acts at step 2\d\d \(start_step\), but train\.steps=200"):
+        run(_with_intervention(intervention, tmp_path, "train.steps=200"))
+    assert time.perf_counter() - start < 5
+
+
+def test_compose_acts_from_its_earliest_step():
+    from interventions import build_intervention
+
+    steps = [{"name": "hapo", "start_step": 250}, {"name": "top_entropy", "start_step": 3}]
+    assert build_intervention({"name": "compose", "steps": steps}).first_active_step() == 3
+    assert build_intervention({"name": "compose", "start_step": 10, "steps": steps}).first_active_step() == 10
+
+
 def test_missing_model_path_is_refused(tmp_path):
     missing = tmp_path / "no-such-model"
     with pytest.raises(ConfigError, match="no such directory"):
@@ -71,10 +97,10 @@ def test_unknown_intervention_and_task_are_refused(tmp_path):
         run(_with_intervention({"name": "nope"}, tmp_path))
 
 
-def _with_intervention(values: dict, tmp_path):
+def _with_intervention(values: dict, tmp_path, *overrides: str):
     from omegaconf import OmegaConf, open_dict
 
-    c = cfg(f"run_dir={tmp_path}")
+    c = cfg(f"run_dir={tmp_path}", *overrides)
     with open_dict(c):
         c.intervention = OmegaConf.create(values)
     return c
