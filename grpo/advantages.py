@@ -7,6 +7,12 @@ For the G responses i of one prompt with rewards r_1..r_G::
 
 A group whose rewards are all equal gets A_i = 0 for every response (no learning signal); DAPO's dynamic
 sampling drops such groups before the update (:func:`informative_groups`).
+
+DAPO's soft overlong punishment (arXiv 2503.14476, eq. 13) is added to r_i before the advantages, for a response
+of |y| tokens, L_max = max_new_tokens and a buffer of L_cache tokens (:func:`overlong_penalty`)::
+
+    R_len(y) = 0                                    |y| <= L_max - L_cache
+    R_len(y) = ((L_max - L_cache) - |y|) / L_cache  L_max - L_cache < |y| <= L_max   (down to -1 at L_max)
 """
 
 from __future__ import annotations
@@ -45,3 +51,12 @@ def informative_groups(rewards: Tensor, group_ids: Tensor) -> Tensor:
     high = torch.full((n_groups,), -torch.inf, **like).scatter_reduce(0, group_ids, rewards, "amax")
     low = torch.full((n_groups,), torch.inf, **like).scatter_reduce(0, group_ids, rewards, "amin")
     return (high > low)[group_ids]
+
+
+def overlong_penalty(lengths: Tensor, max_new_tokens: int, buffer: int, factor: float = 1.0) -> Tensor:
+    """[B] response lengths -> [B] DAPO soft overlong penalty (<= 0) times ``factor``; 0 everywhere when
+    ``buffer`` is 0. Responses never exceed ``max_new_tokens`` here (the sampler stops there)."""
+    if buffer <= 0:
+        return torch.zeros(lengths.shape, dtype=torch.float32, device=lengths.device)
+    over = (lengths.float() - (max_new_tokens - buffer)).clamp_min(0.0)
+    return -factor * over / buffer

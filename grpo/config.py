@@ -80,6 +80,12 @@ class AlgoConfig:
     """Extra sampling rounds allowed to refill the batch under dynamic sampling."""
     adv_eps: float = 1e-4
     """Added to the group std before dividing."""
+    overlong_buffer: int = 0
+    """DAPO soft overlong punishment: responses longer than max_new_tokens - overlong_buffer lose reward
+    linearly, down to -overlong_penalty at max_new_tokens (grpo/advantages.py); 0 = off. The penalty shapes the
+    advantages only: logged rewards, accuracy and the rewards interventions see stay the task's."""
+    overlong_penalty: float = 1.0
+    """Size of the overlong penalty at max_new_tokens (DAPO: 1)."""
 
 
 @dataclass
@@ -264,6 +270,12 @@ def validate(cfg: QuadrlConfig) -> None:
         f"algo.dynamic_sampling_max_rounds must be >= 0, got {a.dynamic_sampling_max_rounds}",
     )
     _check(a.adv_eps >= 0, f"algo.adv_eps must be >= 0, got {a.adv_eps}")
+    _check(a.overlong_buffer >= 0, f"algo.overlong_buffer must be >= 0, got {a.overlong_buffer}")
+    _check(
+        s.max_new_tokens is None or a.overlong_buffer <= s.max_new_tokens,
+        f"algo.overlong_buffer={a.overlong_buffer} exceeds sampling.max_new_tokens={s.max_new_tokens}",
+    )
+    _check(a.overlong_penalty >= 0, f"algo.overlong_penalty must be >= 0, got {a.overlong_penalty}")
     _check(
         1 <= a.minibatches <= a.prompts_per_step,
         f"algo.minibatches must be in [1, prompts_per_step={a.prompts_per_step}], got {a.minibatches}",

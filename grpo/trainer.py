@@ -23,7 +23,7 @@ from torch import Tensor
 from experiments.tasks.base import Example, Task
 from experiments.tracking import Tracker
 from grpo import checkpoint
-from grpo.advantages import group_advantages, informative_groups
+from grpo.advantages import group_advantages, informative_groups, overlong_penalty
 from grpo.config import QuadrlConfig
 from grpo.evaluate import evaluate
 from grpo.loss import policy_loss
@@ -244,10 +244,21 @@ class Trainer:
         )
         return logp
 
+    def overlong(self, batch: Batch) -> Tensor:
+        """[B] DAPO soft overlong penalty of each response (0 unless algo.overlong_buffer > 0)."""
+        a = self.cfg.algo
+        lengths = batch.rollout.response_mask.sum(-1).to(batch.rewards.device)
+        return overlong_penalty(
+            lengths, self.cfg.sampling.max_new_tokens, a.overlong_buffer, a.overlong_penalty
+        )
+
     def facts(self, batch: Batch, step: int) -> TokenFacts:
         a, r = self.cfg.algo, batch.rollout
         mask = r.response_mask
-        seq_adv = group_advantages(batch.rewards, batch.group_ids, a.scale_adv_by_std, a.adv_eps)
+        shaped = batch.rewards + self.overlong(
+            batch
+        )  # shapes the advantages only; facts keep the task's rewards
+        seq_adv = group_advantages(shaped, batch.group_ids, a.scale_adv_by_std, a.adv_eps)
         everything = torch.arange(len(batch.rewards))
         old = r.logprobs
         if a.epochs * a.minibatches > 1:  # later passes are off-policy: freeze pi_old before the first update
@@ -342,6 +353,8 @@ class Trainer:
         masks = split_quadrants(facts, self.diag_split)
         metrics.update(quadrant_stats(facts, credit, masks))
         metrics.update({f"intervention/{k}": v for k, v in credit.info.items()})
+        if cfg.algo.overlong_buffer > 0:
+            metrics["train/overlong_penalty_mean"] = float(self.overlong(batch).mean())
 
         diagnose = cfg.diagnostics.every > 0 and step % cfg.diagnostics.every == 0
         everything = torch.arange(len(batch.rewards))

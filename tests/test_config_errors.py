@@ -48,6 +48,7 @@ def test_unknown_config_key_is_refused_by_name():
         ("model.device=gpu", "model.device"),
         ("model.device=cuda:99", "model.device"),  # no machine here has 100 GPUs
         ("model.lora.target_modules=[]", "model.lora.target_modules"),
+        ("algo.overlong_buffer=-1", "algo.overlong_buffer"),
     ],
 )
 def test_out_of_range_values_are_refused(override, needle, tmp_path):

@@ -466,3 +466,35 @@ def test_one_training_step_on_cuda(tmp_path, tiny_model_dir, math_jsonl):
     metrics = trainer.step(0)
     assert math.isfinite(metrics["train/loss"]) and math.isfinite(metrics["train/kl"])
     assert group_advantages(torch.ones(4, device="cuda"), torch.tensor([0, 0, 1, 1])).device.type == "cuda"
+
+
+def test_overlong_penalty_hand_values():
+    from grpo.advantages import overlong_penalty
+
+    lengths = torch.tensor([10, 40, 45, 50])
+    # L_max 50, buffer 10: free up to 40 tokens, then linear down to -1 at 50
+    assert torch.equal(overlong_penalty(lengths, 50, 10), torch.tensor([0.0, 0.0, -0.5, -1.0]))
+    assert torch.equal(overlong_penalty(lengths, 50, 10, factor=0.5), torch.tensor([0.0, 0.0, -0.25, -0.5]))
+    assert torch.equal(overlong_penalty(lengths, 50, 0), torch.zeros(4))
+
+
+def test_overlong_penalty_shapes_advantages_not_rewards(tmp_path, tiny_model_dir, math_jsonl):
+    trainer = make_trainer(
+        tmp_path,
+        tiny_model_dir,
+        math_jsonl,
+        "algo.overlong_buffer=5",
+        "algo.group_size=8",
+        "sampling.temperature=2",
+    )
+    batch, _ = trainer.rollout()
+    facts = trainer.facts(batch, step=0)
+    lengths = batch.rollout.response_mask.sum(-1).float()
+    penalty = -(lengths - 1).clamp_min(0) / 5  # max_new_tokens 6, buffer 5: free up to 1 token
+    shaped = group_advantages(batch.rewards + penalty, batch.group_ids)
+    plain = group_advantages(batch.rewards, batch.group_ids)
+    assert torch.equal(facts.rewards, batch.rewards)  # interventions and logs see the task's reward
+    assert torch.allclose(facts.sequence_advantages, shaped, atol=1e-6)
+    assert not torch.allclose(shaped, plain, atol=1e-3), lengths  # the lengths differ within some group
+    metrics = trainer.step(1)
+    assert metrics["train/overlong_penalty_mean"] < 0
