@@ -29,6 +29,18 @@ which keeps every token's sign (alpha1 > 0), leaves tokens with A = 0 unchanged,
 is constant within a polarity of a group -- conserves the sum of the advantages over each polarity's tokens in
 the group (entropy only redistributes credit). Polarity is the sign of the incoming ``credit.advantages`` per
 token (the GRPO sequence advantage unless an earlier step changed it); position t is the response column.
+
+Advantage (``normalisation: paper``). Eq. 6 as three independent re-implementations transcribe it (textpolicy;
+a verl fork's ``compute_gtpo_advantage``; a replication plan), unverified against the PDF: the shaped rewards of
+each polarity are standardised apart, over the polarity's tokens in the group (``scope: group``) or in the whole
+batch (``scope: batch``, as the verl fork does), with the population std::
+
+    A'_{i,t} = (r_{i,t} - mean_P r) / std_P r          P = the token's polarity; 0 where std_P = 0
+
+Since w averages 1 within a polarity of a group, this is +-(w - 1) / std(w) in group scope: alpha1 and alpha2
+cancel, each polarity's mean advantage is 0, and signs flip (a correct response's low-entropy tokens are pushed
+down, a wrong response's most uncertain ones up). The paper trains with a token-mean loss
+(``algo=dapo`` is the closest preset).
 """
 
 from __future__ import annotations
@@ -52,6 +64,12 @@ class GtpoConfig(InterventionConfig):
     """Weight of the entropy share in the shaped token reward; >= 0 (0 gives back the incoming advantage)."""
     eps: float = 1e-8
     """Added to every entropy before the shares (H + eps, 1 / (H + eps)); > 0."""
+    normalisation: str = "sign_preserving"
+    """``sign_preserving``: A' = A (alpha1 + alpha2 w) / (alpha1 + alpha2); ``paper``: Eq. 6 z-scores of the
+    shaped rewards per polarity (module docstring)."""
+    scope: str = "group"
+    """``paper`` normalisation only: standardise over each polarity's tokens in the prompt ``group`` or in the
+    whole ``batch``."""
 
     def validate(self) -> None:
         super().validate()
@@ -59,6 +77,12 @@ class GtpoConfig(InterventionConfig):
         check.number(where, "alpha1", self.alpha1, low=0.0, low_open=True)
         check.number(where, "alpha2", self.alpha2, low=0.0)
         check.number(where, "eps", self.eps, low=0.0, low_open=True)
+        check.choice(where, "normalisation", self.normalisation, NORMALISATIONS)
+        check.choice(where, "scope", self.scope, SCOPES)
+
+
+NORMALISATIONS = ("sign_preserving", "paper")
+SCOPES = ("group", "batch")
 
 
 def _share(values: Tensor, members: Tensor, group_ids: Tensor, n_groups: int) -> Tensor:
@@ -84,6 +108,19 @@ def entropy_shares(facts: TokenFacts, advantages: Tensor, eps: float) -> Tensor:
     return _share(h, pos, group_ids, n_groups) + _share(1.0 / h, neg, group_ids, n_groups)
 
 
+def standardise(values: Tensor, members: Tensor, group_ids: Tensor, n_groups: int) -> Tensor:
+    """(v - mean) / std over the member tokens of each group (population std); 0 for non-members and where a
+    group's members all have the same value."""
+    onehot = torch.zeros(n_groups, values.shape[0], dtype=values.dtype, device=values.device)
+    onehot[group_ids, torch.arange(values.shape[0], device=values.device)] = 1.0
+    count = (onehot @ members.sum(-1)).clamp_min(1.0)
+    mean = ((onehot @ (values * members).sum(-1)) / count)[group_ids][:, None]
+    var = ((onehot @ ((values - mean) ** 2 * members).sum(-1)) / count)[group_ids][:, None]
+    std = var.sqrt()
+    spread = std > 1e-12 * mean.abs().clamp_min(1.0)  # float noise in an all-equal group is no signal
+    return torch.where((members > 0) & spread, (values - mean) / torch.where(spread, std, 1.0), 0.0)
+
+
 @register("gtpo")
 class Gtpo(Intervention):
     config_class = GtpoConfig
@@ -94,6 +131,8 @@ class Gtpo(Intervention):
         adv = credit.advantages.double()
         w = entropy_shares(facts, adv, cfg.eps)
         moved = facts.response_mask.bool() & (adv != 0)
+        if cfg.normalisation == "paper":
+            return self._paper(facts, credit, adv, w)
         factor = torch.where(moved, (cfg.alpha1 + cfg.alpha2 * w) / (cfg.alpha1 + cfg.alpha2), 1.0)
         new = (adv * factor).to(credit.advantages.dtype)
         info = {
@@ -101,3 +140,18 @@ class Gtpo(Intervention):
             "gtpo/factor_max": float(factor[moved].max()) if bool(moved.any()) else 1.0,
         }
         return replace(credit, advantages=new).with_info(**info)
+
+    def _paper(self, facts: TokenFacts, credit: TokenCredit, adv: Tensor, w: Tensor) -> TokenCredit:
+        cfg = self.config
+        mask = facts.response_mask.bool()
+        pos, neg = (mask & (adv > 0)).double(), (mask & (adv < 0)).double()
+        shaped = pos * (cfg.alpha1 + cfg.alpha2 * w) - neg * (cfg.alpha1 + cfg.alpha2 * w)
+        group_ids = facts.group_ids.long().to(adv.device)
+        if cfg.scope == "batch":
+            group_ids = torch.zeros_like(group_ids)
+        n_groups = int(group_ids.max()) + 1 if len(group_ids) else 1
+        new = standardise(shaped, pos, group_ids, n_groups) + standardise(shaped, neg, group_ids, n_groups)
+        moved = (pos + neg) > 0
+        flipped = moved & (torch.sign(new) == -torch.sign(adv)) & (new != 0)
+        info = {"gtpo/sign_flip_frac": float(flipped.sum()) / max(int(moved.sum()), 1)}
+        return replace(credit, advantages=new.to(credit.advantages.dtype)).with_info(**info)

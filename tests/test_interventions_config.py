@@ -49,6 +49,11 @@ CONF = ROOT / "conf" / "intervention"
         ({"name": "kl_cov", "beta": -1.0}, r"beta must be in \[0, inf\)"),
         ({"name": "w_reinforce", "lam": -0.1}, r"lam must be in \[0, inf\)"),
         ({"name": "gtpo", "alpha1": 0.0}, r"alpha1 must be in \(0, inf\)"),
+        (
+            {"name": "gtpo", "normalisation": "zscore"},
+            r"normalisation must be one of \['sign_preserving', 'paper'\]",
+        ),
+        ({"name": "gtpo", "scope": "sequence"}, r"scope must be one of \['group', 'batch'\]"),
         ({"name": "grpo_magic"}, r"unknown intervention 'grpo_magic'; registered: \["),
         ({"name": "compose", "steps": []}, r"steps is empty"),
         ({"name": "compose", "steps": [{"name": "hapo", "rho": 0.2}]}, r"intervention 'hapo': unknown key"),

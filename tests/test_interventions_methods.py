@@ -396,6 +396,41 @@ def test_gtpo_hand_numbers():
     assert float(credit.advantages[:2].sum()) == pytest.approx(3.0, abs=1e-5)
 
 
+@pytest.mark.parametrize(
+    "scope,expected",
+    [
+        # group 0 positive w = [0.5, 1, 1.5] -> shaped 1.05, 1.10, 1.15: z = -+sqrt(3/2); negative shaped
+        # -1.16, -1.04 at t0 and -1.1, -1.1 at t1: z = -+sqrt(2), 0, 0; group 1 has no spread: 0
+        (
+            "group",
+            [[-1.224745, 0.0], [1.224745, 0.0], [-1.414214, 0.0], [1.414214, 0.0], [0.0, 0.0], [0.0, 0.0]],
+        ),
+        # batch: group 1's four shaped rewards (all +-1.1) join the pools: z = -+sqrt(5/2), -+sqrt(3)
+        (
+            "batch",
+            [[-1.581139, 0.0], [1.581139, 0.0], [-1.732051, 0.0], [1.732051, 0.0], [0.0, 0.0], [0.0, 0.0]],
+        ),
+    ],
+)
+def test_gtpo_paper_normalisation_hand_numbers(scope, expected):
+    facts = make_facts(
+        [1.0, 1.0, -1.0, -1.0, 0.5, -0.5],
+        [[1.0, 3.0], [3.0, 0.0], [0.5, 2.0], [2.0, 2.0], [10.0, 10.0], [0.1, 0.1]],
+        [[1, 1], [1, 0], [1, 1], [1, 1], [1, 1], [1, 1]],
+        [0, 0, 0, 0, 1, 1],
+    )
+    credit = run({"name": "gtpo", "normalisation": "paper", "scope": scope}, facts)
+    assert close(credit.advantages, expected, tol=1e-5)
+    # of the 11 tokens with A != 0, row 0's first (A > 0, now < 0) and row 3's first (A < 0, now > 0) flipped
+    assert credit.info["gtpo/sign_flip_frac"] == pytest.approx(2 / 11)
+    # alpha1 and alpha2 cancel: w averages 1 over each polarity of every group, so every pool's mean is
+    # alpha1 + alpha2 and its deviations alpha2 (w - 1)
+    other = run(
+        {"name": "gtpo", "normalisation": "paper", "scope": scope, "alpha1": 3.0, "alpha2": 0.7}, facts
+    )
+    assert close(other.advantages, expected, tol=1e-5)
+
+
 def test_gtpo_zero_entropies_share_equally_and_zero_advantage_is_untouched():
     facts = make_facts([1.0, 1.0, 0.0], [[0.0], [0.0], [5.0]], [[1], [1], [1]], [0, 0, 1])
     assert close(run({"name": "gtpo", "alpha2": 0.5}, facts).advantages, [[1.0], [1.0], [0.0]], tol=1e-7)
