@@ -255,9 +255,8 @@ class Trainer:
     def facts(self, batch: Batch, step: int) -> TokenFacts:
         a, r = self.cfg.algo, batch.rollout
         mask = r.response_mask
-        shaped = batch.rewards + self.overlong(
-            batch
-        )  # shapes the advantages only; facts keep the task's rewards
+        # the overlong penalty shapes the advantages only: the facts keep the task's rewards
+        shaped = batch.rewards + self.overlong(batch)
         seq_adv = group_advantages(shaped, batch.group_ids, a.scale_adv_by_std, a.adv_eps)
         everything = torch.arange(len(batch.rewards))
         old = r.logprobs

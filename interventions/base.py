@@ -10,9 +10,9 @@ The per-token loss the core then optimises is (see ``grpo/loss.py`` for the full
 
     L_t = weight_t * pg_t(advantage_t) + beta * kl_weight_t * KL_t + extra_t
 
-aggregated over the tokens where ``loss_mask`` is true (the KL part over all response tokens). A weight of 0 freezes a token's policy-gradient
-term but -- unless an intervention also clears ``loss_mask`` -- the token still counts in the normaliser,
-so freezing one group of tokens does not rescale the others.
+aggregated over the tokens where ``loss_mask`` is true (the KL part over all response tokens). A weight of 0
+freezes a token's policy-gradient term but -- unless an intervention also clears ``loss_mask`` -- the token
+still counts in the normaliser, so freezing one group of tokens does not rescale the others.
 
 A new method is one file in ``interventions/`` that subclasses :class:`Intervention`, declares a config
 dataclass, and decorates itself with :func:`register`; plus one YAML in ``conf/intervention/``.

@@ -34,7 +34,7 @@ class ComposeConfig(InterventionConfig):
 
     def validate(self) -> None:
         super().validate()
-        if isinstance(self.steps, (str, bytes, dict)) or not isinstance(self.steps, (list, tuple)):
+        if not isinstance(self.steps, (list, tuple)):
             raise ConfigError(
                 f"intervention 'compose': steps must be a list of intervention configs, got {self.steps!r}"
             )
@@ -63,7 +63,7 @@ class Compose(Intervention):
         return max(self.config.start_step, min(step.first_active_step() for step in self.steps))
 
     def quadrant_split(self) -> EntropySplit | None:
-        """The first step's that has one (the diagnostics can describe one split only)."""
+        """The split of the first step that has one (the diagnostics describe one split only)."""
         return next((s for s in (step.quadrant_split() for step in self.steps) if s is not None), None)
 
     def credit(self, facts: TokenFacts, credit: TokenCredit, generator: torch.Generator) -> TokenCredit:

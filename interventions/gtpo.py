@@ -85,11 +85,17 @@ NORMALISATIONS = ("sign_preserving", "paper")
 SCOPES = ("group", "batch")
 
 
+def _group_onehot(values: Tensor, group_ids: Tensor, n_groups: int) -> Tensor:
+    """[n_groups, B] indicator of each row's group: ``onehot @ x`` sums x over every group's rows."""
+    onehot = torch.zeros(n_groups, values.shape[0], dtype=values.dtype, device=values.device)
+    onehot[group_ids, torch.arange(values.shape[0], device=values.device)] = 1.0
+    return onehot
+
+
 def _share(values: Tensor, members: Tensor, group_ids: Tensor, n_groups: int) -> Tensor:
     """w = count_{g,t} * v / sum_{g,t} v over the members of each (group, position); 0 for non-members."""
     v = values * members
-    onehot = torch.zeros(n_groups, values.shape[0], dtype=values.dtype, device=values.device)
-    onehot[group_ids, torch.arange(values.shape[0], device=values.device)] = 1.0
+    onehot = _group_onehot(values, group_ids, n_groups)
     total = (onehot @ v)[group_ids]  # [B, T]: sum over the token's group at its position
     count = (onehot @ members)[group_ids]
     return torch.where(members > 0, count * v / total.clamp_min(torch.finfo(values.dtype).tiny), 0.0)
@@ -111,8 +117,7 @@ def entropy_shares(facts: TokenFacts, advantages: Tensor, eps: float) -> Tensor:
 def standardise(values: Tensor, members: Tensor, group_ids: Tensor, n_groups: int) -> Tensor:
     """(v - mean) / std over the member tokens of each group (population std); 0 for non-members and where a
     group's members all have the same value."""
-    onehot = torch.zeros(n_groups, values.shape[0], dtype=values.dtype, device=values.device)
-    onehot[group_ids, torch.arange(values.shape[0], device=values.device)] = 1.0
+    onehot = _group_onehot(values, group_ids, n_groups)
     count = (onehot @ members.sum(-1)).clamp_min(1.0)
     mean = ((onehot @ (values * members).sum(-1)) / count)[group_ids][:, None]
     var = ((onehot @ ((values - mean) ** 2 * members).sum(-1)) / count)[group_ids][:, None]
@@ -130,9 +135,9 @@ class Gtpo(Intervention):
         cfg = self.config
         adv = credit.advantages.double()
         w = entropy_shares(facts, adv, cfg.eps)
-        moved = facts.response_mask.bool() & (adv != 0)
         if cfg.normalisation == "paper":
             return self._paper(facts, credit, adv, w)
+        moved = facts.response_mask.bool() & (adv != 0)
         factor = torch.where(moved, (cfg.alpha1 + cfg.alpha2 * w) / (cfg.alpha1 + cfg.alpha2), 1.0)
         new = (adv * factor).to(credit.advantages.dtype)
         info = {
