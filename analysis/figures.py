@@ -27,10 +27,10 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from analysis.stats import MetricSummary, Note  # noqa: E402
+from runrecord import QUADRANTS  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-QUADRANTS = ("pos_high", "pos_low", "neg_high", "neg_low")
 QUADRANT_TITLES = {
     "pos_high": "pos_high: A>0, high entropy (PHR)",
     "pos_low": "pos_low: A>0, low entropy (PLR)",

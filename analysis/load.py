@@ -26,12 +26,17 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-CONDITION_TAG = "quadrl.condition"
-OVERRIDES_TAG = "quadrl.overrides"
-PARENT_TAG = "mlflow.parentRunId"
-ROLE_TAG = "quadrl.role"
-SWEEP_ROLE = "sweep"
+from runrecord import (
+    CONDITION_TAG,
+    DEFAULT_TRACKING_URI,
+    OVERRIDES_TAG,
+    PARENT_TAG,
+    ROLE_TAG,
+    SWEEP_ROLE,
+    condition_of,
+    seed_of,
+)
+
 UNKNOWN_CONDITION = "(unknown)"
 
 HISTORY_COLUMNS = ["run_id", "condition", "seed", "metric", "step", "value"]
@@ -90,30 +95,23 @@ def shared_overrides(conditions: Iterable[str]) -> tuple[str, ...]:
     return tuple(o for o in distinct[0].split() if o in common)
 
 
-def _is_seed_override(override: str) -> bool:
-    key = override.split("=", 1)[0].lstrip("+~")
-    return key == "seed"
+def _overrides(tags: Mapping[str, str]) -> list[str] | None:
+    """The JSON list in tag ``quadrl.overrides``, or None when absent or malformed."""
+    try:
+        overrides = json.loads(tags[OVERRIDES_TAG]) if tags.get(OVERRIDES_TAG) else None
+    except json.JSONDecodeError:
+        return None
+    return [str(o) for o in overrides] if isinstance(overrides, list) else None
 
 
 def condition_from_tags(tags: Mapping[str, str], params: Mapping[str, str] | None = None) -> str:
-    """The condition of a run: the job's Hydra overrides without the seed.
-
-    Taken from tag ``quadrl.condition`` when present; otherwise derived from tag ``quadrl.overrides`` (a JSON
-    list of override strings) minus any ``seed=`` entry, sorted and joined by spaces (so job order does not
-    matter); otherwise ``intervention=<param intervention.name>``; otherwise ``(unknown)``.
-    An empty override list (the default config) gives ``default`` (as experiments.train.condition_of).
-    """
+    """The condition of a run (``runrecord.condition_of``): from tag ``quadrl.condition`` when present, else
+    computed from tag ``quadrl.overrides``; else ``intervention=<param intervention.name>``; else ``(unknown)``."""
     if tags.get(CONDITION_TAG):
         return tags[CONDITION_TAG]
-    raw = tags.get(OVERRIDES_TAG)
-    if raw is not None:
-        try:
-            overrides = json.loads(raw)
-        except json.JSONDecodeError:
-            overrides = None
-        if isinstance(overrides, list):
-            kept = sorted(str(o) for o in overrides if not _is_seed_override(str(o)))
-            return " ".join(kept) if kept else "default"
+    overrides = _overrides(tags)
+    if overrides is not None:
+        return condition_of(overrides)
     if params and params.get("intervention.name"):
         return f"intervention={params['intervention.name']}"
     return UNKNOWN_CONDITION
@@ -122,14 +120,8 @@ def condition_from_tags(tags: Mapping[str, str], params: Mapping[str, str] | Non
 def seed_from(params: Mapping[str, str], tags: Mapping[str, str]) -> int | None:
     """Seed of a run from param ``seed``, else from a ``seed=`` entry of tag ``quadrl.overrides``."""
     value = params.get("seed")
-    if value is None and tags.get(OVERRIDES_TAG):
-        try:
-            overrides = json.loads(tags[OVERRIDES_TAG])
-        except json.JSONDecodeError:
-            overrides = []
-        for o in overrides if isinstance(overrides, list) else []:
-            if _is_seed_override(str(o)):
-                value = str(o).split("=", 1)[1]
+    if value is None:
+        value = seed_of(_overrides(tags) or [])
     if value is None:
         return None
     try:

@@ -22,8 +22,9 @@ import pandas as pd
 from mlflow import MlflowClient
 
 from analysis import figures, tables
-from analysis.load import DEFAULT_TRACKING_URI, RunSet, load_runs
+from analysis.load import RunSet, load_runs
 from analysis.stats import DEFAULT_METRIC, MetricSummary, Note, pass_at_k_metrics, summarise, usable_runs
+from runrecord import DEFAULT_TRACKING_URI
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,44 @@ class Report:
     extra: list[MetricSummary]
     figures: list[tuple[str, list[Path]]] = field(default_factory=list)
     notes: list[Note] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    """What to report on and how: the one set of options :func:`analyse`, :func:`render_markdown` and
+    :func:`build_report` share (and ``quadrl-report``'s flags map onto)."""
+
+    out_dir: Path
+    """Folder for report.md and figures/."""
+    tracking_uri: str = DEFAULT_TRACKING_URI
+    """Where the runs are."""
+    experiment: str | None = None
+    """Report on every run of this experiment (sweep parents excluded); give this or ``parent_run_id``."""
+    parent_run_id: str | None = None
+    """Report on the child runs of this sweep parent run."""
+    control: str | None = None
+    """Condition the others are compared with (default: the one with intervention.name=none)."""
+    metric: str = DEFAULT_METRIC
+    """Main metric."""
+    target: float | None = None
+    """Target value for steps-to-target (None: not computed)."""
+    min_seeds: int = 3
+    """Conditions with fewer finished seeds are flagged and not tested."""
+    compare_on: str = "final"
+    """Per-seed quantity the tests compare: final | best | auc."""
+    n_resamples: int = 10_000
+    """Bootstrap resamples."""
+    seed: int = 0
+    """Bootstrap seed."""
+    include_running: bool = False
+    """Also average RUNNING runs."""
+    log_artifact: bool = True
+    """Log the report folder as artifact ``report/`` of the parent run."""
+    echo: bool = True
+    """Print the summary table and the report's location."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "out_dir", Path(self.out_dir))
 
 
 def resolve_control(
@@ -92,34 +131,20 @@ def _dedupe(notes: Sequence[Note]) -> list[Note]:
     return out
 
 
-def analyse(
-    tracking_uri: str = DEFAULT_TRACKING_URI,
-    *,
-    experiment: str | None = None,
-    parent_run_id: str | None = None,
-    out_dir: str | Path,
-    control: str | None = None,
-    metric: str = DEFAULT_METRIC,
-    target: float | None = None,
-    min_seeds: int = 3,
-    compare_on: str = "final",
-    n_resamples: int = 10_000,
-    seed: int = 0,
-    include_running: bool = False,
-) -> Report:
+def analyse(opts: ReportOptions) -> Report:
     """Load the runs, compute the statistics and draw the figures into ``out_dir/figures``."""
-    out_dir = Path(out_dir)
-    runset = load_runs(tracking_uri, experiment=experiment, parent_run_id=parent_run_id)
-    control, control_note = resolve_control(runset.runs, control, runset.shared_overrides)
+    metric, seed = opts.metric, opts.seed
+    runset = load_runs(opts.tracking_uri, experiment=opts.experiment, parent_run_id=opts.parent_run_id)
+    control, control_note = resolve_control(runset.runs, opts.control, runset.shared_overrides)
     kw = dict(
         control=control,
-        min_seeds=min_seeds,
-        compare_on=compare_on,
-        n_resamples=n_resamples,
+        min_seeds=opts.min_seeds,
+        compare_on=opts.compare_on,
+        n_resamples=opts.n_resamples,
         seed=seed,
-        include_running=include_running,
+        include_running=opts.include_running,
     )
-    main = summarise(runset.runs, runset.history, metric, target=target, **kw)
+    main = summarise(runset.runs, runset.history, metric, target=opts.target, **kw)
     extra = [
         summarise(runset.runs, runset.history, m, **kw)
         for m in pass_at_k_metrics(runset.metric_names)
@@ -130,10 +155,14 @@ def analyse(
     if control is None:
         notes.append(Note("no_control", f"no control condition: {control_note}; no comparisons"))
 
-    used = usable_runs(runset.runs, include_running=include_running) if not runset.runs.empty else runset.runs
+    used = (
+        usable_runs(runset.runs, include_running=opts.include_running)
+        if not runset.runs.empty
+        else runset.runs
+    )
     hist = runset.history[runset.history["run_id"].isin(used["run_id"])] if not used.empty else runset.history
     colors = figures.condition_colors(runset.conditions, control)
-    fig_dir = out_dir / "figures"
+    fig_dir = opts.out_dir / "figures"
     report = Report(runset, control, control_note, main, extra)
     drawn = [
         (
@@ -158,13 +187,9 @@ def analyse(
     return report
 
 
-def _source_lines(report: Report, args: dict) -> list[str]:
+def _source_lines(report: Report, opts: ReportOptions) -> list[str]:
     rs = report.runset
-    src = (
-        f"parent run `{rs.parent_run_id}`"
-        if args.get("parent_run_id")
-        else f"experiment `{args['experiment']}`"
-    )
+    src = f"parent run `{rs.parent_run_id}`" if opts.parent_run_id else f"experiment `{opts.experiment}`"
     return [
         f"- Source: {src} at `{rs.tracking_uri}` (experiment id(s) {', '.join(rs.experiment_ids)}; "
         f"{len(rs.runs)} runs, {len(rs.conditions)} conditions)",
@@ -176,8 +201,8 @@ def _source_lines(report: Report, args: dict) -> list[str]:
             if rs.shared_overrides
             else []
         ),
-        f"- Minimum seeds: {args['min_seeds']}; bootstrap: percentile, {args['n_resamples']} resamples, "
-        f"seed {args['seed']}",
+        f"- Minimum seeds: {opts.min_seeds}; bootstrap: percentile, {opts.n_resamples} resamples, "
+        f"seed {opts.seed}",
     ]
 
 
@@ -210,9 +235,9 @@ def _field(v: pd.Series | None, key: str) -> str:
     return tables.fmt_num(v[key]) if v is not None else tables.MISSING
 
 
-def render_markdown(report: Report, args: dict) -> str:
+def render_markdown(report: Report, opts: ReportOptions) -> str:
     """The report.md text (figure paths relative to the report folder)."""
-    out = ["# quadrl report", "", *_source_lines(report, args), ""]
+    out = ["# quadrl report", "", *_source_lines(report, opts), ""]
     out += [
         f"## Summary: `{report.main.metric}`",
         "",
@@ -224,7 +249,7 @@ def render_markdown(report: Report, args: dict) -> str:
         "the curve over the step span (the curve's mean level); brackets: 95% percentile-bootstrap CI over seeds.",
         "Steps to target: mean first step reaching the target over the seeds that reached it (reached/used).",
         "p-values: two-sided Welch t-test and Mann-Whitney U vs the control, Holm-adjusted across conditions;",
-        f"conditions with fewer than {args['min_seeds']} seeds are shown but not tested. d/g: Cohen's d and",
+        f"conditions with fewer than {opts.min_seeds} seeds are shown but not tested. d/g: Cohen's d and",
         "Hedges' g (pooled SD). *seeds finished/failed*: runs per status; *used*: finished runs with the metric.",
         "",
     ]
@@ -242,75 +267,38 @@ def render_markdown(report: Report, args: dict) -> str:
     out += ["## Figures", ""]
     for title, paths in report.figures:
         png = next(p for p in paths if p.suffix == ".png")
-        rel = png.relative_to(Path(args["out_dir"])).as_posix()
-        svg = [p.relative_to(Path(args["out_dir"])).as_posix() for p in paths if p.suffix == ".svg"]
+        rel = png.relative_to(opts.out_dir).as_posix()
+        svg = [p.relative_to(opts.out_dir).as_posix() for p in paths if p.suffix == ".svg"]
         out += [f"### {title}", "", f"![{title}]({rel})", ""] + ([f"[SVG]({svg[0]})", ""] if svg else [])
     out += ["## Runs", "", _per_run_table(report), ""]
     return "\n".join(out)
 
 
-def build_report(
-    tracking_uri: str = DEFAULT_TRACKING_URI,
-    *,
-    experiment: str | None = None,
-    parent_run_id: str | None = None,
-    out_dir: str | Path,
-    control: str | None = None,
-    metric: str = DEFAULT_METRIC,
-    target: float | None = None,
-    min_seeds: int = 3,
-    compare_on: str = "final",
-    n_resamples: int = 10_000,
-    seed: int = 0,
-    include_running: bool = False,
-    log_artifact: bool = True,
-    echo: bool = True,
-) -> Path:
+def build_report(opts: ReportOptions) -> Path:
     """Write ``out_dir/report.md`` (+ figures) for an experiment or a sweep parent run; return its path.
 
     Give exactly one of ``experiment`` (name) and ``parent_run_id``. With ``log_artifact`` the folder is
     logged as artifact ``report/`` of the parent run (the given one, or the parent all runs share).
     With ``echo`` the summary table and the report's location are printed.
     """
-    out_dir = Path(out_dir)
+    out_dir = opts.out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
-    args = dict(
-        experiment=experiment,
-        parent_run_id=parent_run_id,
-        out_dir=out_dir,
-        min_seeds=min_seeds,
-        n_resamples=n_resamples,
-        seed=seed,
-    )
-    report = analyse(
-        tracking_uri,
-        experiment=experiment,
-        parent_run_id=parent_run_id,
-        out_dir=out_dir,
-        control=control,
-        metric=metric,
-        target=target,
-        min_seeds=min_seeds,
-        compare_on=compare_on,
-        n_resamples=n_resamples,
-        seed=seed,
-        include_running=include_running,
-    )
+    report = analyse(opts)
     parent = report.runset.parent_run_id
-    if log_artifact and parent is None:
+    if opts.log_artifact and parent is None:
         report.notes.append(Note("artifact", "runs share no parent run; report not logged to MLflow"))
     path = out_dir / "report.md"
-    path.write_text(render_markdown(report, args), encoding="utf-8")
+    path.write_text(render_markdown(report, opts), encoding="utf-8")
     logged = False
-    if log_artifact and parent is not None:
+    if opts.log_artifact and parent is not None:
         try:
-            MlflowClient(tracking_uri=tracking_uri).log_artifacts(
+            MlflowClient(tracking_uri=opts.tracking_uri).log_artifacts(
                 parent, str(out_dir), artifact_path="report"
             )
             logged = True
         except Exception as exc:  # noqa: BLE001 -- the report on disk is still useful
             log.warning("could not log the report to parent run %s: %s", parent, exc)
-    if echo:
+    if opts.echo:
         print(f"\n{report.main.metric} per condition (control: {report.control}):")
         print(tables.to_text(*tables.summary_rows(report.main)))
         n_warn = len(report.notes)
@@ -364,19 +352,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run_cli(a: argparse.Namespace) -> None:
     build_report(
-        a.tracking_uri,
-        experiment=a.experiment,
-        parent_run_id=a.parent_run_id,
-        out_dir=a.out,
-        control=a.control,
-        metric=a.metric,
-        target=a.target,
-        min_seeds=a.min_seeds,
-        compare_on=a.compare_on,
-        n_resamples=a.resamples,
-        seed=a.seed,
-        include_running=a.include_running,
-        log_artifact=not a.no_log_artifact,
+        ReportOptions(
+            out_dir=a.out,
+            tracking_uri=a.tracking_uri,
+            experiment=a.experiment,
+            parent_run_id=a.parent_run_id,
+            control=a.control,
+            metric=a.metric,
+            target=a.target,
+            min_seeds=a.min_seeds,
+            compare_on=a.compare_on,
+            n_resamples=a.resamples,
+            seed=a.seed,
+            include_running=a.include_running,
+            log_artifact=not a.no_log_artifact,
+        )
     )
 
 

@@ -17,8 +17,7 @@ import numpy as np
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 
-from analysis.figures import QUADRANTS
-from analysis.load import CONDITION_TAG, OVERRIDES_TAG, PARENT_TAG, ROLE_TAG, SWEEP_ROLE
+from runrecord import CONDITION_TAG, OVERRIDES_TAG, PARENT_TAG, QUADRANTS, ROLE_TAG, SWEEP_ROLE
 
 BATCH = 1000  # MLflow's limit of metrics per log_batch call
 

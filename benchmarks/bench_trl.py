@@ -132,7 +132,7 @@ def prepare_model(spec: str, tmp: Path) -> Path:
         print(
             "resolving the cached arith base model (builds it, ~8 min, if it is not cached yet)", flush=True
         )
-        return ensure_base_model("arith", {}, seed=0, tracking_uri=None)
+        return ensure_base_model("arith", {}, tracking_uri=None)
     path = Path(spec).expanduser()
     if not (path / "config.json").is_file():
         raise SystemExit(f"--model {spec!r}: not a Hugging Face model directory (no config.json)")
@@ -150,7 +150,8 @@ class QuadrlRunner:
         from grpo.config import QuadrlConfig, validate
         from grpo.model import load_policy
         from grpo.trainer import Trainer
-        from interventions import build_intervention
+        import interventions  # noqa: F401  (registers every method)
+        from grpo.credit import build_intervention
 
         cfg = QuadrlConfig()
         cfg.seed = s.seed
@@ -237,7 +238,7 @@ class TrlRunner:
         from trl import GRPOConfig, GRPOTrainer
 
         from experiments.tasks import make_task
-        from experiments.tasks.base import Example
+        from grpo.task import Example
 
         task = make_task("arith", **s.task_params)
         self.reward_timer, self.gen_timer = Timer(), Timer()

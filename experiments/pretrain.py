@@ -73,31 +73,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from experiments.base_model import DEFAULT_TRACKING_URI, PretrainError, ensure_base_model, pretrain
+    from experiments.base_model import PretrainError, ensure_base_model, pretrain, recipe_from
+    from runrecord import DEFAULT_TRACKING_URI
 
     params = parse_params(args.params)
     uri = args.tracking_uri or DEFAULT_TRACKING_URI
     tracking_uri = None if uri.lower() == "none" else uri
-    common = {
-        "seed": args.seed,
-        "target_accuracy": (args.low, args.high),
-        "max_seconds": args.max_seconds,
-        "eval_every": args.eval_every,
-        "dense_eval_every": args.dense_eval_every,
-        "tracking_uri": tracking_uri,
-        "num_threads": args.threads,
-        "verbose": not args.quiet,
-    }
-    if args.max_steps is not None:
-        common["max_steps"] = args.max_steps
-    if args.allow_out_of_band:
-        common["allow_out_of_band"] = True
     try:
+        recipe = recipe_from(
+            {
+                "seed": args.seed,
+                "target_accuracy": (args.low, args.high),
+                "eval_every": args.eval_every,
+                "dense_eval_every": args.dense_eval_every,
+                "max_steps": args.max_steps,
+                "allow_out_of_band": args.allow_out_of_band,
+                "num_threads": args.threads,
+            }
+        )
+        common = {"max_seconds": args.max_seconds, "tracking_uri": tracking_uri, "verbose": not args.quiet}
         if args.cache:
-            path = ensure_base_model(args.task, params, cache_dir=args.cache_dir, **common)
+            path = ensure_base_model(args.task, params, recipe, cache_dir=args.cache_dir, **common)
             print(path)
             return 0
-        meta = pretrain(args.task, params, args.out, **common)
+        meta = pretrain(args.task, params, args.out, recipe, **common)
     except (PretrainError, ValueError, FileNotFoundError) as exc:
         print(f"quadrl-pretrain: error: {exc}", file=sys.stderr)
         return 1

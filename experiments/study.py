@@ -53,14 +53,14 @@ def main(argv: list[str] | None = None) -> int:
     uri, experiment = str(cfg.tracking.uri), str(cfg.tracking.experiment)
 
     print(f"[study] 1/3 base model for task '{cfg.task.name}' (built once, then cached)", flush=True)
-    from experiments.base_model import ensure_base_model
+    from experiments.base_model import SFTRecipe, ensure_base_model
 
     task = OmegaConf.to_container(cfg.task, resolve=True)
     started = time.perf_counter()
     base = ensure_base_model(
         task.pop("name"),
         task,
-        seed=int(cfg.model.base_seed),
+        SFTRecipe(seed=int(cfg.model.base_seed)),
         tracking_uri=uri if cfg.tracking.enabled else None,
         max_seconds=float(cfg.model.base_max_seconds),
     )
@@ -91,14 +91,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[study] some jobs failed (exit {sweep.returncode}); the report lists them", flush=True)
 
     print("[study] 3/3 report", flush=True)
-    from analysis.report import build_report
+    from analysis.report import ReportOptions, build_report
 
     report = build_report(
-        uri,
-        parent_run_id=parent_file.read_text().strip(),
-        out_dir=sweep_dir / "report",
-        control=args.control,
-        min_seeds=3,
+        ReportOptions(
+            out_dir=sweep_dir / "report",
+            tracking_uri=uri,
+            parent_run_id=parent_file.read_text().strip(),
+            control=args.control,
+            min_seeds=3,
+        )
     )
     print(f"\n[study] report: {report}")
     if uri.startswith("sqlite:"):

@@ -21,6 +21,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.tracking import ensure_experiment, git_commit
+from runrecord import OVERRIDES_TAG, PARENT_TAG, RESUMED_TAG, ROLE_TAG, SWEEP_ROLE, SWEEP_SUMMARY_TAG
 
 log = logging.getLogger(__name__)
 PARENT_FILE = "mlflow_parent_run_id"
@@ -51,10 +52,10 @@ class SweepTracking(Callback):
         grid = config.hydra.sweeper.get("params")  # None when the grid is given on the command line only
         params = OmegaConf.to_container(grid, resolve=False) if grid is not None else {}
         tags = {
-            "quadrl.role": "sweep",
+            ROLE_TAG: SWEEP_ROLE,
             "quadrl.sweep_dir": str(sweep_dir.resolve()),
             "quadrl.grid": json.dumps(params),
-            "quadrl.overrides": json.dumps(list(config.hydra.overrides.task)),
+            OVERRIDES_TAG: json.dumps(list(config.hydra.overrides.task)),
             "quadrl.git_commit": git_commit(),
             "quadrl.launcher": str(config.hydra.launcher.get("_target_", "basic")),
         }
@@ -80,7 +81,7 @@ def finalize(config: DictConfig, results: Sequence[JobReturn] | None) -> dict[st
     parent_run = client.get_run(parent)
     children = client.search_runs(
         [parent_run.info.experiment_id],
-        filter_string=f"tags.`mlflow.parentRunId` = '{parent}'",
+        filter_string=f"tags.`{PARENT_TAG}` = '{parent}'",
         max_results=10000,
     )
     failed_jobs = []
@@ -95,7 +96,7 @@ def finalize(config: DictConfig, results: Sequence[JobReturn] | None) -> dict[st
             client.set_terminated(run.info.run_id, status="KILLED")
     children = client.search_runs(
         [parent_run.info.experiment_id],
-        filter_string=f"tags.`mlflow.parentRunId` = '{parent}'",
+        filter_string=f"tags.`{PARENT_TAG}` = '{parent}'",
         max_results=10000,
     )
     statuses = [r.info.status for r in children]
@@ -105,12 +106,12 @@ def finalize(config: DictConfig, results: Sequence[JobReturn] | None) -> dict[st
         "finished": statuses.count("FINISHED"),
         "failed": statuses.count("FAILED"),
         "killed": statuses.count("KILLED"),
-        "requeued": sum(1 for r in children if "quadrl.resumed_at" in r.data.tags),
+        "requeued": sum(1 for r in children if RESUMED_TAG in r.data.tags),
         "failed_jobs": failed_jobs,
     }
     for key in ("jobs", "runs", "finished", "failed", "killed", "requeued"):
         client.log_metric(parent, f"sweep/{key}", summary[key])
-    client.set_tag(parent, "quadrl.sweep_summary", json.dumps(summary)[:5000])
+    client.set_tag(parent, SWEEP_SUMMARY_TAG, json.dumps(summary)[:5000])
     bad = summary["failed"] + summary["killed"] + len(failed_jobs)
     client.set_terminated(parent, status="FAILED" if bad else "FINISHED")
     summary_path.write_text(json.dumps(summary, indent=2))

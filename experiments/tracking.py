@@ -1,6 +1,6 @@
 """MLflow glue: one run per training run, metrics per step through ``log_batch``, resume into the same run.
 
-Facts that shaped this (measured, see shared DESIGN §3): several processes creating a new SQLite store or the
+Facts that shaped this (measured; docs/background.md §5): several processes creating a new SQLite store or the
 same experiment at once can corrupt it or misfile runs, so :func:`ensure_experiment` is called once before any
 fan-out and runs are always started with an explicit experiment id; child runs in other processes get the
 ``mlflow.parentRunId`` tag (``nested=True`` only works in-process); one HTTP call costs ~50 ms, so metrics go
@@ -17,6 +17,8 @@ from typing import Any
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
+
+from runrecord import RESUMED_TAG
 
 MAX_PARAMS_PER_BATCH = 100
 
@@ -78,7 +80,7 @@ class Tracker:
         if run_id is not None:
             self.run_id = run_id
             self.client.update_run(run_id, status="RUNNING")
-            self.client.set_tag(run_id, "quadrl.resumed_at", time.strftime("%Y-%m-%dT%H:%M:%S"))
+            self.client.set_tag(run_id, RESUMED_TAG, time.strftime("%Y-%m-%dT%H:%M:%S"))
             return run_id
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
         self.run_id = run.info.run_id

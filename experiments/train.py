@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +17,25 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+import interventions
+from experiments.base_model import METADATA_FILE, load_metadata
 from experiments.tasks import make_task
 from experiments.tracking import Tracker, flatten, git_commit
 from grpo import checkpoint
+from grpo.checks import ConfigError
 from grpo.config import QuadrlConfig, register_configs, validate
+from grpo.credit import build_intervention
 from grpo.model import load_policy
 from grpo.trainer import Trainer
-from interventions import build_intervention
-from interventions.base import ConfigError
+from runrecord import (
+    CONDITION_TAG,
+    OVERRIDE_TAG_PREFIX,
+    OVERRIDES_TAG,
+    PARENT_TAG,
+    condition_of,
+    override_key,
+    unescape,
+)
 
 register_configs()
 
@@ -52,17 +62,6 @@ def sweep_parent() -> str | None:
     return parent_run_id(hc.sweep.dir) if hc.mode == RunMode.MULTIRUN else None
 
 
-def unescape(text: str) -> str:
-    """Drop Hydra's override escaping (``sqlite\\:///x`` -> ``sqlite:///x``): tags hold values, not syntax."""
-    return re.sub(r"\\(.)", r"\1", text)
-
-
-def condition_of(overrides: list[str]) -> str:
-    """A job's condition: its overrides without the seed (how analysis groups seeds)."""
-    rest = sorted(unescape(o) for o in overrides if not o.lstrip("+~").startswith("seed="))
-    return " ".join(rest) if rest else "default"
-
-
 def intervention_label(params: dict[str, Any]) -> str:
     """The conf/intervention preset chosen (``only_pos_high``), else the method's name (``quadrant``)."""
     try:
@@ -83,13 +82,13 @@ def resolve_run_dir(cfg: QuadrlConfig) -> Path:
 def model_path(cfg: QuadrlConfig, task_params: dict[str, Any]) -> Path:
     if cfg.model.source == "local":
         return Path(str(cfg.model.path)).expanduser()
-    from experiments.base_model import ensure_base_model
+    from experiments.base_model import SFTRecipe, ensure_base_model
 
     params = {k: v for k, v in task_params.items() if k != "name"}
     return ensure_base_model(
         task_params["name"],
         params,
-        seed=cfg.model.base_seed,
+        SFTRecipe(seed=cfg.model.base_seed),
         tracking_uri=cfg.tracking.uri if cfg.tracking.enabled else None,
         max_seconds=cfg.model.base_max_seconds,
     )
@@ -101,6 +100,9 @@ def run(raw: DictConfig) -> dict[str, float]:
     validate(cfg)
     task_params: dict[str, Any] = OmegaConf.to_container(raw.task, resolve=True)  # type: ignore[assignment]
     intervention_params: dict[str, Any] = OmegaConf.to_container(raw.intervention, resolve=True)  # type: ignore[assignment]
+    # explicit, not only at import: a sweep job pickles this function by value when the app runs as __main__
+    # (python -m experiments.train), and a by-value function brings along only the modules it references
+    interventions.load_all()
     intervention = build_intervention(intervention_params)
     first = intervention.first_active_step()
     if first >= cfg.train.steps > 0:  # a typo'd window would silently give a plain GRPO run
@@ -131,15 +133,14 @@ def run(raw: DictConfig) -> dict[str, float]:
         "quadrl.model": cfg.model.source if cfg.model.source == "builtin" else str(cfg.model.path),
         "quadrl.intervention": intervention_params.get("name", "none"),
         "quadrl.algo": cfg.algo.name,
-        "quadrl.overrides": json.dumps(overrides),
-        "quadrl.condition": condition_of(overrides),
+        OVERRIDES_TAG: json.dumps(overrides),
+        CONDITION_TAG: condition_of(overrides),
         "quadrl.run_dir": str(run_dir),
     }
     for override in overrides:
-        key, _, value = override.lstrip("+~").partition("=")
-        tags[f"override.{key}"] = unescape(value)
+        tags[OVERRIDE_TAG_PREFIX + override_key(override)] = unescape(override.partition("=")[2])
     if parent:
-        tags["mlflow.parentRunId"] = parent
+        tags[PARENT_TAG] = parent
     name = (
         cfg.tracking.run_name
         or f"{task_params['name']}-{intervention_label(intervention_params)}-s{cfg.seed}"
@@ -152,9 +153,8 @@ def run(raw: DictConfig) -> dict[str, float]:
             tracker.log_text(OmegaConf.to_yaml(raw, resolve=True), "config.yaml")
     try:
         path = model_path(cfg, task_params)
-        base_info = path / "quadrl_base.json"
-        if base_info.is_file():
-            info = json.loads(base_info.read_text())
+        if (path / METADATA_FILE).is_file():
+            info = load_metadata(path)
             tracker.set_tags(
                 {
                     "quadrl.base_model_version": str(info.get("version")),

@@ -20,37 +20,28 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from grpo.groups import segment_stats
+
 
 def group_advantages(
     rewards: Tensor, group_ids: Tensor, scale_by_std: bool = True, eps: float = 1e-4
 ) -> Tensor:
-    """[B] rewards, [B] group ids (0..n-1) -> [B] advantages (on the rewards' device)."""
-    n_groups = int(group_ids.max().item()) + 1
-    group_ids = group_ids.to(rewards.device)
-    # accumulators on the rewards' device: index_add_ refuses to mix a CPU buffer with CUDA rewards
-    zeros = torch.zeros(n_groups, dtype=rewards.dtype, device=rewards.device)
-    count = zeros.clone().index_add_(0, group_ids, torch.ones_like(rewards))
-    total = zeros.clone().index_add_(0, group_ids, rewards)
-    mean = total / count
-    # an all-equal group must get exactly 0: sum/count rounds (seven rewards of 0.1 give a mean 1 ulp off),
-    # and dividing that residue by an equally tiny std would turn "no signal" into A = +-0.93
-    flat = ~informative_groups(rewards, group_ids)
-    centred = torch.where(flat, torch.zeros_like(rewards), rewards - mean[group_ids])
+    """[B] rewards, [B] group ids (0..n-1) -> [B] advantages (on the rewards' device).
+
+    A group whose rewards are all equal gets exactly 0 (:mod:`grpo.groups`: its mean may be 1 ulp off, and
+    dividing that residue by an equally tiny std would turn "no signal" into A = +-0.93)."""
+    stats = segment_stats(rewards, group_ids, ddof=1)
+    flat = stats.per_row(stats.flat)
+    centred = torch.where(flat, torch.zeros_like(rewards), rewards - stats.per_row(stats.mean))
     if not scale_by_std:
         return centred
-    sq = zeros.clone().index_add_(0, group_ids, centred**2)
-    std = (sq / (count - 1).clamp_min(1)).sqrt()[group_ids]
-    return torch.where(flat, torch.zeros_like(centred), centred / (std + eps))
+    return torch.where(flat, torch.zeros_like(centred), centred / (stats.per_row(stats.std) + eps))
 
 
 def informative_groups(rewards: Tensor, group_ids: Tensor) -> Tensor:
     """[B] bool: true for responses whose group has non-zero reward variance (DAPO dynamic sampling)."""
-    n_groups = int(group_ids.max().item()) + 1
-    group_ids = group_ids.to(rewards.device)
-    like = {"dtype": rewards.dtype, "device": rewards.device}
-    high = torch.full((n_groups,), -torch.inf, **like).scatter_reduce(0, group_ids, rewards, "amax")
-    low = torch.full((n_groups,), torch.inf, **like).scatter_reduce(0, group_ids, rewards, "amin")
-    return (high > low)[group_ids]
+    stats = segment_stats(rewards, group_ids)
+    return ~stats.per_row(stats.flat)
 
 
 def overlong_penalty(lengths: Tensor, max_new_tokens: int, buffer: int, factor: float = 1.0) -> Tensor:

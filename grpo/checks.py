@@ -1,7 +1,4 @@
-"""Small checks shared by the config dataclasses; each raises :class:`ConfigError` naming the field.
-
-(The leading underscore keeps :func:`interventions.load_all` from treating this module as a method.)
-"""
+"""ConfigError and the small checks every config dataclass uses; each check raises ConfigError naming the field."""
 
 from __future__ import annotations
 
@@ -9,7 +6,9 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-from interventions.base import ConfigError
+
+class ConfigError(ValueError):
+    """A configuration value that quadrl refuses, raised before any model is loaded."""
 
 
 def number(

@@ -7,11 +7,19 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from hydra.core.config_store import ConfigStore
 
-from interventions.base import ConfigError
+from grpo.checks import ConfigError
+from grpo.loss import KLEstimator, LossAggregation
+from grpo.quadrants import EntropySplit
+from runrecord import DEFAULT_TRACKING_URI
+
+Schedule = Literal["constant", "linear", "cosine"]
+ModelSource = Literal["builtin", "local"]
+DType = Literal["auto", "float32", "bfloat16", "float16"]
+ChatTemplate = Literal["auto", "never"]
 
 
 @dataclass
@@ -149,20 +157,10 @@ class EvalConfig:
 
 
 @dataclass
-class EntropySplitConfig:
-    mode: str = "batch_quantile"
-    """batch_quantile | sequence_quantile | absolute: how a token's entropy is called high."""
-    high_fraction: float = 0.2
-    """Quantile modes: the top high_fraction of tokens by entropy are 'high' (0.2 = the 80/20 split)."""
-    threshold: float = 0.5
-    """Absolute mode: entropy (nats) at or above which a token is 'high'."""
-
-
-@dataclass
 class DiagnosticsConfig:
     every: int = 0
     """Per-quadrant gradient norms/cosines and log-prob change every N steps (0 = off; cheap stats always on)."""
-    split: EntropySplitConfig = field(default_factory=EntropySplitConfig)
+    split: EntropySplit = field(default_factory=EntropySplit)
     """The entropy split of the per-quadrant diagnostics, unless the intervention splits tokens itself
     (``quadrant``, or a ``compose`` holding one): then its split is used, so both describe the same tokens."""
 
@@ -171,7 +169,7 @@ class DiagnosticsConfig:
 class TrackingConfig:
     enabled: bool = True
     """Log to MLflow."""
-    uri: str = "sqlite:///mlflow.db"
+    uri: str = DEFAULT_TRACKING_URI
     """Tracking URI: a SQLite file (embedded, nothing to start) or http://127.0.0.1:5000 for a server."""
     experiment: str = "quadrl"
     """MLflow experiment name."""
@@ -219,14 +217,14 @@ def _check(ok: bool, message: str) -> None:
 
 
 _CHOICES = {
-    "algo.loss_aggregation": ("seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"),
-    "algo.kl_estimator": ("k1", "k3"),
-    "optim.schedule": ("constant", "linear", "cosine"),
-    "model.source": ("builtin", "local"),
-    "model.dtype": ("auto", "float32", "bfloat16", "float16"),
-    "model.chat_template": ("auto", "never"),
-    "diagnostics.split.mode": ("batch_quantile", "sequence_quantile", "absolute"),
+    "algo.loss_aggregation": LossAggregation,
+    "algo.kl_estimator": KLEstimator,
+    "optim.schedule": Schedule,
+    "model.source": ModelSource,
+    "model.dtype": DType,
+    "model.chat_template": ChatTemplate,
 }
+"""Keys whose value must be one of a Literal type's values (the types the code that uses them declares)."""
 
 
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:[0-9]+)?")
@@ -250,10 +248,11 @@ def _check_device(device: str) -> None:
 
 def validate(cfg: QuadrlConfig) -> None:
     """Refuse out-of-range values with a message naming the key. Cheap: no model, no data."""
-    for key, choices in _CHOICES.items():
+    for key, kind in _CHOICES.items():
         value: Any = cfg
         for part in key.split("."):
             value = getattr(value, part)
+        choices = get_args(kind)
         _check(value in choices, f"{key}={value!r} is not one of {list(choices)}")
     a, s, o, t, e = cfg.algo, cfg.sampling, cfg.optim, cfg.train, cfg.eval
     _check(
@@ -311,7 +310,7 @@ def validate(cfg: QuadrlConfig) -> None:
         f"eval.pass_k values must be in [1, eval.n_samples={e.n_samples}], got {list(e.pass_k)}",
     )
     _check(cfg.diagnostics.every >= 0, f"diagnostics.every must be >= 0, got {cfg.diagnostics.every}")
-    _check(0 < cfg.diagnostics.split.high_fraction < 1, "diagnostics.split.high_fraction must be in (0, 1)")
+    cfg.diagnostics.split.validate("diagnostics")
     lora = cfg.model.lora
     _check(
         lora.r >= 1 and lora.alpha > 0 and 0 <= lora.dropout < 1, f"model.lora values out of range: {lora}"

@@ -1,4 +1,4 @@
-"""The one interface between the GRPO core and a token-level credit method.
+"""The credit contract: the one interface between the GRPO core and a token-level credit method.
 
 The core knows nothing of any particular method. Once per rollout it builds a :class:`TokenFacts` (what is
 known about every response token) and a default :class:`TokenCredit` (plain GRPO: every token gets its
@@ -15,7 +15,8 @@ freezes a token's policy-gradient term but -- unless an intervention also clears
 still counts in the normaliser, so freezing one group of tokens does not rescale the others.
 
 A new method is one file in ``interventions/`` that subclasses :class:`Intervention`, declares a config
-dataclass, and decorates itself with :func:`register`; plus one YAML in ``conf/intervention/``.
+dataclass, and decorates itself with :func:`register`; plus one YAML in ``conf/intervention/``. The registry lives
+here, in the core (as verl's ``register_policy_loss``); methods register into it when ``interventions`` is imported.
 """
 
 from __future__ import annotations
@@ -28,8 +29,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import Tensor
 
+from grpo.checks import ConfigError
+
 if TYPE_CHECKING:
-    from interventions.quadrants import EntropySplit
+    from grpo.quadrants import EntropySplit
 
 
 @dataclass(frozen=True)
@@ -97,10 +100,6 @@ class TokenCredit:
 
     def with_info(self, **values: float) -> TokenCredit:
         return replace(self, info={**self.info, **{k: float(v) for k, v in values.items()}})
-
-
-class ConfigError(ValueError):
-    """A configuration value that quadrl refuses, raised before any model is loaded."""
 
 
 @dataclass
@@ -186,9 +185,7 @@ def register(name: str) -> Callable[[type[Intervention]], type[Intervention]]:
 
 
 def registered() -> dict[str, type[Intervention]]:
-    from interventions import load_all
-
-    load_all()
+    """The methods registered so far (every method once ``interventions`` has been imported)."""
     return dict(_REGISTRY)
 
 
@@ -220,7 +217,8 @@ def build_intervention(values: dict[str, Any]) -> Intervention:
     name = values.get("name", "none")
     methods = registered()
     if name not in methods:
-        raise ConfigError(f"unknown intervention '{name}'; registered: {sorted(methods)}")
+        hint = "" if methods else " (none: import the interventions package first)"
+        raise ConfigError(f"unknown intervention '{name}'; registered: {sorted(methods)}{hint}")
     cls = methods[name]
     config = config_from_dict(cls.config_class, values, f"intervention '{name}'")
     config.validate()

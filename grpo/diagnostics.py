@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from interventions.quadrants import QUADRANTS, QuadrantMasks
+from grpo.quadrants import QUADRANTS, QuadrantMasks
 
 _PARTS = (*QUADRANTS, "zero_adv")
 

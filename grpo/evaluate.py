@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 import torch
 
-from experiments.tasks.base import Example, Task
 from grpo.config import EvalConfig
 from grpo.model import Policy
 from grpo.rollout import sample
+from grpo.task import Example, Task
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -78,10 +78,16 @@ def generate(
 
 
 def evaluate(
-    policy: Policy, task: Task, cfg: EvalConfig, max_new_tokens: int, generator: torch.Generator
+    policy: Policy,
+    task: Task,
+    cfg: EvalConfig,
+    max_new_tokens: int,
+    generator: torch.Generator | None,
+    examples: Sequence[Example] | None = None,
 ) -> tuple[dict[str, float], list[Completion]]:
-    """Metrics under ``eval/`` and the greedy completions (for sample tables)."""
-    examples = list(task.test())[: cfg.n_prompts]
+    """Metrics under ``eval/`` and the greedy completions (for sample tables), on ``examples`` (default: the
+    first ``cfg.n_prompts`` of the task's test split)."""
+    examples = list(task.test())[: cfg.n_prompts] if examples is None else list(examples)
     was_training = policy.model.training
     policy.model.eval()
     try:

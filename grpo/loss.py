@@ -81,13 +81,16 @@ class LossTerms:
     loss: Tensor
     """Scalar to backpropagate."""
     pg_loss: float
+    """The aggregated policy-gradient term (weights applied, KL and extra terms not included)."""
     kl: float
-    """Mean per-token KL over the loss mask (0 when beta = 0 and no reference is given)."""
+    """Mean per-token KL over the response tokens (the response mask; the loss mask when none is given), 0 when
+    no reference log-probs are given. Logged whatever beta is."""
     clip_frac_low: float
     """Share of masked tokens where the lower clip bound is active (A < 0, rho < 1 - eps_low)."""
     clip_frac_high: float
     """Share of masked tokens where the upper clip bound is active (A > 0, rho > 1 + eps_high)."""
     ratio_mean: float
+    """Mean importance ratio rho over the loss mask (1 on-policy)."""
 
 
 def policy_loss(

@@ -1,6 +1,6 @@
 """The polarity x entropy split of response tokens into four quadrants (arXiv 2604.11056), and its statistics.
 
-Not a method (no ``@register``): the ``quadrant`` intervention, the trainer's diagnostics and the analysis use it.
+Part of the core: the ``quadrant`` intervention and the trainer's per-quadrant diagnostics both split with it.
 
 Polarity is the sign of the GRPO sequence advantage *before* any reshaping (``facts.advantages``); tokens with
 A = 0 (groups whose rewards are all equal) and padding are in no quadrant. Entropy is ``facts.entropy``, the
@@ -38,17 +38,18 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
 
-from interventions import _validate as check
-from interventions.base import ConfigError, TokenCredit, TokenFacts
+from grpo import checks as check
+from grpo.checks import ConfigError
+from grpo.credit import TokenCredit, TokenFacts
+from runrecord import QUADRANTS
 
-QUADRANTS = ("pos_high", "pos_low", "neg_high", "neg_low")
-"""The four quadrants: polarity (sign of the sequence advantage) x entropy (high / low)."""
-
-SPLIT_MODES = ("batch_quantile", "sequence_quantile", "absolute")
+SplitMode = Literal["batch_quantile", "sequence_quantile", "absolute"]
+SPLIT_MODES: tuple[str, ...] = get_args(SplitMode)
 
 
 @dataclass

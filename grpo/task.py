@@ -1,11 +1,12 @@
-"""What a task is: prompts with reference answers, and a verifier that scores a completion.
+"""The task protocol the core trains on: prompts with reference answers, and a verifier that scores a completion.
 
+The core only needs this protocol; concrete tasks (and their registry) live in ``experiments/tasks``.
 A task never evaluates model output as code: verifiers parse text with bounded, pure functions.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -38,14 +39,3 @@ class Task(Protocol):
 
     def extract_answer(self, completion: str) -> str | None:
         """The final answer in a completion (for diversity metrics), or None if there is none."""
-
-
-TASKS: dict[str, Callable[..., Task]] = {}
-
-
-def register_task(name: str) -> Callable[[Callable[..., Task]], Callable[..., Task]]:
-    def wrap(factory: Callable[..., Task]) -> Callable[..., Task]:
-        TASKS[name] = factory
-        return factory
-
-    return wrap

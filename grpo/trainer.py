@@ -20,18 +20,18 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from experiments.tasks.base import Example, Task
-from experiments.tracking import Tracker
 from grpo import checkpoint
 from grpo.advantages import group_advantages, informative_groups, overlong_penalty
 from grpo.config import QuadrlConfig
+from grpo.credit import Intervention, TokenCredit, TokenFacts
+from grpo.diagnostics import answer_diversity, logprob_change, quadrant_gradient_diagnostics
 from grpo.evaluate import evaluate
 from grpo.loss import policy_loss
+from grpo.metrics import MetricsSink
 from grpo.model import Policy
+from grpo.quadrants import quadrant_stats, split_quadrants
 from grpo.rollout import Rollout, response_logprobs, sample
-from interventions.base import Intervention, TokenCredit, TokenFacts
-from interventions.diagnostics import answer_diversity, logprob_change, quadrant_gradient_diagnostics
-from interventions.quadrants import EntropySplit, quadrant_stats, split_quadrants
+from grpo.task import Example, Task
 
 
 @dataclass
@@ -126,7 +126,7 @@ class Trainer:
         policy: Policy,
         task: Task,
         intervention: Intervention,
-        tracker: Tracker,
+        tracker: MetricsSink,
         run_dir: Path,
     ):
         self.cfg, self.policy, self.task, self.intervention = cfg, policy, task, intervention
@@ -134,7 +134,7 @@ class Trainer:
         self.train_examples = task.train()  # a lazy Sequence: built-in splits hold 10^6 generated items
         self._order: tuple[int, list[int]] | None = None
         # the quadrants logged are the ones the intervention acts on, when it splits tokens itself
-        self.diag_split = intervention.quadrant_split() or EntropySplit(**dict(vars(cfg.diagnostics.split)))
+        self.diag_split = intervention.quadrant_split() or cfg.diagnostics.split
         self.params = [p for p in policy.model.parameters() if p.requires_grad]
         o = cfg.optim
         self.optimizer = torch.optim.AdamW(

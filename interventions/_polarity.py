@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from interventions import _validate as check
-from interventions.base import InterventionConfig, TokenCredit, TokenFacts
+from grpo import checks as check
+from grpo.credit import InterventionConfig, TokenCredit, TokenFacts
 
 
 @dataclass

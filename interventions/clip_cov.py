@@ -24,8 +24,8 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
-from interventions import _validate as check
-from interventions.base import (
+from grpo import checks as check
+from grpo.credit import (
     ConfigError,
     Intervention,
     InterventionConfig,

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from interventions.base import (
+from grpo.credit import (
     ConfigError,
     Intervention,
     InterventionConfig,
@@ -22,7 +22,7 @@ from interventions.base import (
     build_intervention,
     register,
 )
-from interventions.quadrants import EntropySplit
+from grpo.quadrants import EntropySplit
 
 
 @dataclass

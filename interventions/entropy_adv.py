@@ -16,8 +16,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from interventions import _validate as check
-from interventions.base import Intervention, InterventionConfig, TokenCredit, TokenFacts, register
+from grpo import checks as check
+from grpo.credit import Intervention, InterventionConfig, TokenCredit, TokenFacts, register
 
 
 @dataclass

@@ -50,8 +50,9 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
-from interventions import _validate as check
-from interventions.base import Intervention, InterventionConfig, TokenCredit, TokenFacts, register
+from grpo import checks as check
+from grpo.credit import Intervention, InterventionConfig, TokenCredit, TokenFacts, register
+from grpo.groups import segment_stats, segment_sum
 
 
 @dataclass
@@ -85,19 +86,11 @@ NORMALISATIONS = ("sign_preserving", "paper")
 SCOPES = ("group", "batch")
 
 
-def _group_onehot(values: Tensor, group_ids: Tensor, n_groups: int) -> Tensor:
-    """[n_groups, B] indicator of each row's group: ``onehot @ x`` sums x over every group's rows."""
-    onehot = torch.zeros(n_groups, values.shape[0], dtype=values.dtype, device=values.device)
-    onehot[group_ids, torch.arange(values.shape[0], device=values.device)] = 1.0
-    return onehot
-
-
 def _share(values: Tensor, members: Tensor, group_ids: Tensor, n_groups: int) -> Tensor:
     """w = count_{g,t} * v / sum_{g,t} v over the members of each (group, position); 0 for non-members."""
     v = values * members
-    onehot = _group_onehot(values, group_ids, n_groups)
-    total = (onehot @ v)[group_ids]  # [B, T]: sum over the token's group at its position
-    count = (onehot @ members)[group_ids]
+    total = segment_sum(v, group_ids, n_groups)[group_ids]  # [B, T]: sum over the token's group at its position
+    count = segment_sum(members, group_ids, n_groups)[group_ids]
     return torch.where(members > 0, count * v / total.clamp_min(torch.finfo(values.dtype).tiny), 0.0)
 
 
@@ -114,16 +107,16 @@ def entropy_shares(facts: TokenFacts, advantages: Tensor, eps: float) -> Tensor:
     return _share(h, pos, group_ids, n_groups) + _share(1.0 / h, neg, group_ids, n_groups)
 
 
-def standardise(values: Tensor, members: Tensor, group_ids: Tensor, n_groups: int) -> Tensor:
+def standardise(values: Tensor, members: Tensor, group_ids: Tensor) -> Tensor:
     """(v - mean) / std over the member tokens of each group (population std); 0 for non-members and where a
     group's members all have the same value."""
-    onehot = _group_onehot(values, group_ids, n_groups)
-    count = (onehot @ members.sum(-1)).clamp_min(1.0)
-    mean = ((onehot @ (values * members).sum(-1)) / count)[group_ids][:, None]
-    var = ((onehot @ ((values - mean) ** 2 * members).sum(-1)) / count)[group_ids][:, None]
-    std = var.sqrt()
+    member = members > 0
+    rows = group_ids[:, None].expand_as(values)
+    stats = segment_stats(values[member], rows[member])
+    mean = torch.zeros_like(values).masked_scatter(member, stats.per_row(stats.mean))
+    std = torch.zeros_like(values).masked_scatter(member, stats.per_row(stats.std))
     spread = std > 1e-12 * mean.abs().clamp_min(1.0)  # float noise in an all-equal group is no signal
-    return torch.where((members > 0) & spread, (values - mean) / torch.where(spread, std, 1.0), 0.0)
+    return torch.where(member & spread, (values - mean) / torch.where(spread, std, 1.0), 0.0)
 
 
 @register("gtpo")
@@ -154,8 +147,7 @@ class Gtpo(Intervention):
         group_ids = facts.group_ids.long().to(adv.device)
         if cfg.scope == "batch":
             group_ids = torch.zeros_like(group_ids)
-        n_groups = int(group_ids.max()) + 1 if len(group_ids) else 1
-        new = standardise(shaped, pos, group_ids, n_groups) + standardise(shaped, neg, group_ids, n_groups)
+        new = standardise(shaped, pos, group_ids) + standardise(shaped, neg, group_ids)
         moved = (pos + neg) > 0
         flipped = moved & (torch.sign(new) == -torch.sign(adv)) & (new != 0)
         info = {"gtpo/sign_flip_frac": float(flipped.sum()) / max(int(moved.sum()), 1)}

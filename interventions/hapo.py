@@ -1,7 +1,7 @@
 """``intervention=hapo``: sign-preserving, entropy-guided advantage reallocation (arXiv 2604.11056).
 
 HAPO (v2 of "Rethinking Token-Level Credit Assignment in RLVR: A Polarity-Entropy Analysis", arXiv 2604.11056;
-v1 called it EAPO), as transcribed in DESIGN.md section 1::
+v1 called it EAPO), as transcribed in docs/background.md §1::
 
     z_t   = (H_t - mu_H) / sigma_H                  standardised entropy (detached); z_t = 0 where sigma_H < 1e-8
     zc_t  = clip(z_t, -|A_t| / phi, +|A_t| / phi)
@@ -23,8 +23,8 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
-from interventions import _validate as check
-from interventions.base import (
+from grpo import checks as check
+from grpo.credit import (
     ConfigError,
     Intervention,
     InterventionConfig,
@@ -32,6 +32,7 @@ from interventions.base import (
     TokenFacts,
     register,
 )
+from grpo.groups import segment_stats
 
 SCOPES = ("batch", "group", "sequence")
 SIGMA_FLOOR = 1e-8
@@ -73,17 +74,10 @@ def standardised_entropy(facts: TokenFacts, scope: str) -> Tensor:
         pool = torch.arange(batch, device=mask.device)
     else:
         raise ValueError(f"unknown HAPO scope '{scope}'")
-    n_pools = int(pool.max()) + 1 if batch else 0
-    token_pool = pool[:, None].expand_as(mask)[mask]
     values = facts.entropy.double()[mask]
-    count = torch.zeros(n_pools, dtype=torch.float64, device=mask.device).index_add_(
-        0, token_pool, torch.ones_like(values)
-    )
-    total = torch.zeros_like(count).index_add_(0, token_pool, values)
-    mean = total / count.clamp_min(1.0)
-    sq = torch.zeros_like(count).index_add_(0, token_pool, (values - mean[token_pool]) ** 2)
-    std = (sq / count.clamp_min(1.0)).sqrt()
-    z_flat = torch.where(std[token_pool] >= SIGMA_FLOOR, (values - mean[token_pool]) / std[token_pool], 0.0)
+    stats = segment_stats(values, pool[:, None].expand_as(mask)[mask])
+    mean, std = stats.per_row(stats.mean), stats.per_row(stats.std)
+    z_flat = torch.where(std >= SIGMA_FLOOR, (values - mean) / std, 0.0)
     z = torch.zeros(mask.shape, dtype=torch.float64, device=mask.device)
     z[mask] = z_flat
     return z

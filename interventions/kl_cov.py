@@ -27,8 +27,8 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
-from interventions import _validate as check
-from interventions.base import Intervention, InterventionConfig, TokenCredit, TokenFacts, register
+from grpo import checks as check
+from grpo.credit import Intervention, InterventionConfig, TokenCredit, TokenFacts, register
 from interventions.clip_cov import token_covariance
 
 SELECTED = "kl_cov/selected"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from interventions.base import Intervention, register
+from grpo.credit import Intervention, register
 
 
 @register("none")

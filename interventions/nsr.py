@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
+from grpo.credit import Intervention, TokenCredit, TokenFacts, register
 from interventions._polarity import PolarityConfig, polarity_credit
-from interventions.base import Intervention, TokenCredit, TokenFacts, register
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 Four Quadrant Decomposition ("Rethinking Token-Level Credit Assignment in RLVR: A Polarity-Entropy Analysis",
 arXiv 2604.11056). Every response token with A != 0 is in one quadrant q(t) in {pos_high, pos_low, neg_high,
-neg_low} (split: :mod:`interventions.quadrants`, polarity from the unreshaped ``facts.advantages``). With the
+neg_low} (split: :mod:`grpo.quadrants`, polarity from the unreshaped ``facts.advantages``). With the
 scale vector s = (s_pos_high, s_pos_low, s_neg_high, s_neg_low)::
 
     w'_t  = w_t * s_q(t)                (tokens with A = 0 and padding keep w_t: A = 0 gives no pg gradient)
@@ -26,8 +26,8 @@ from dataclasses import dataclass, field, fields, replace
 
 import torch
 
-from interventions import _validate as check
-from interventions.base import (
+from grpo import checks as check
+from grpo.credit import (
     ConfigError,
     Intervention,
     InterventionConfig,
@@ -35,7 +35,7 @@ from interventions.base import (
     TokenFacts,
     register,
 )
-from interventions.quadrants import QUADRANTS, SPLIT_MODES, EntropySplit, split_quadrants
+from grpo.quadrants import QUADRANTS, SPLIT_MODES, EntropySplit, split_quadrants
 
 
 @dataclass
@@ -62,7 +62,7 @@ class QuadrantConfig(InterventionConfig):
     scale: QuadrantScale = field(default_factory=QuadrantScale)
     """Per-quadrant weight multipliers: 0 freezes, 1 leaves, k > 1 amplifies."""
     split: EntropySplit = field(default_factory=EntropySplit)
-    """How tokens are called high/low entropy (``interventions.quadrants``)."""
+    """How tokens are called high/low entropy (``grpo.quadrants``)."""
     renormalize: bool = False
     """If true, frozen tokens (scale 0) leave ``loss_mask``, so the policy-gradient normaliser counts only the
     others (their KL term stays; no effect on Dr. GRPO's constant normaliser)."""

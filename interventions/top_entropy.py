@@ -8,7 +8,7 @@ arXiv 2506.01939), with TRL's ``top_entropy_quantile`` semantics::
 
 The loss normaliser is unchanged (a masked token still counts in the denominator), as in TRL. Ties at tau are
 kept (>=), so with all entropies equal every token is kept, and rho = 1 keeps every token -- TRL's behaviour.
-(The quadrant split in :mod:`interventions.quadrants` uses a different, rank-based rule in which ties count as
+(The quadrant split in :mod:`grpo.quadrants` uses a different, rank-based rule in which ties count as
 low; this baseline follows TRL instead.)
 """
 
@@ -20,8 +20,8 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
-from interventions import _validate as check
-from interventions.base import Intervention, InterventionConfig, TokenCredit, TokenFacts, register
+from grpo import checks as check
+from grpo.credit import Intervention, InterventionConfig, TokenCredit, TokenFacts, register
 
 
 @dataclass

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import torch
 
-from interventions import _validate as check
+from grpo import checks as check
+from grpo.credit import Intervention, TokenCredit, TokenFacts, register
 from interventions._polarity import PolarityConfig, polarity_credit
-from interventions.base import Intervention, TokenCredit, TokenFacts, register
 
 
 @dataclass

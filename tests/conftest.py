@@ -32,6 +32,24 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return out
 
 
+def tiny_llama(seed: int = 0, **config):
+    """A random-init LlamaForCausalLM (seeded through the global RNG); keywords override the small default config."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    defaults = dict(
+        vocab_size=40,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(LlamaConfig(**{**defaults, **config}))
+
+
 def compose_config(*overrides: str):
     """The root config as `python -m experiments.train <overrides>` would see it."""
     from hydra import compose, initialize_config_dir
@@ -70,9 +88,20 @@ def math_task(path: Path) -> list[str]:
 @pytest.fixture(scope="session")
 def sft_model_dir(tmp_path_factory, math_jsonl) -> Path:
     """A tiny model SFT-ed on the sums so that sampled answers are right sometimes (real reward signal)."""
-    from experiments.base_model import pretrain
+    from experiments.base_model import SFTRecipe, TinyArchitecture, pretrain
 
     out = tmp_path_factory.mktemp("sft_model")
+    recipe = SFTRecipe(
+        seed=0,
+        architecture=TinyArchitecture(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128),
+        target_accuracy=(0.1, 0.9),
+        eval_every=10,
+        dense_eval_every=5,
+        warmup_steps=10,
+        batch_size=32,
+        allow_out_of_band=True,
+        max_steps=300,
+    )
     pretrain(
         "math_file",
         {
@@ -82,17 +111,9 @@ def sft_model_dir(tmp_path_factory, math_jsonl) -> Path:
             "test_fraction": 0.2,
         },
         out,
-        seed=0,
-        target_accuracy=(0.1, 0.9),
+        recipe,
         max_seconds=240,
         tracking_uri=None,
-        eval_every=10,
-        dense_eval_every=5,
-        warmup_steps=10,
-        batch_size=32,
-        model_params={"hidden_size": 64, "num_layers": 2, "num_heads": 2, "intermediate_size": 128},
-        allow_out_of_band=True,
-        max_steps=300,
     )
     return out
 
@@ -102,11 +123,12 @@ def make_trainer(tmp_path: Path, model_dir: Path, jsonl: Path, *overrides: str, 
     without tracking; ``reward(example, completion)`` replaces the task's verifier when given."""
     from omegaconf import OmegaConf
 
+    import interventions  # noqa: F401  (registers every method)
     from experiments.tasks import make_task
-    from experiments.tracking import Tracker
+    from grpo.credit import build_intervention
+    from grpo.metrics import NullSink
     from grpo.model import load_policy
     from grpo.trainer import Trainer
-    from interventions import build_intervention
 
     raw = compose_config(
         "model=local",
@@ -126,4 +148,4 @@ def make_trainer(tmp_path: Path, model_dir: Path, jsonl: Path, *overrides: str, 
         task.reward = reward
     policy = load_policy(cfg.model, model_dir, need_reference=cfg.algo.beta > 0, seed=cfg.seed)
     intervention = build_intervention(OmegaConf.to_container(raw.intervention))
-    return Trainer(cfg, policy, task, intervention, Tracker("", "", enabled=False), tmp_path)
+    return Trainer(cfg, policy, task, intervention, NullSink(), tmp_path)

@@ -9,7 +9,8 @@ import inspect
 from typing import Any
 
 from experiments.tasks import arith, countdown, math_file  # noqa: F401  (register the built-in tasks)
-from experiments.tasks.base import TASKS, Example, Task, register_task
+from experiments.tasks.registry import TASKS, register_task
+from grpo.task import Example, Task
 
 __all__ = ["TASKS", "Example", "Task", "make_task", "register_task", "task_params"]
 

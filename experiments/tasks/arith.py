@@ -19,8 +19,9 @@ import random
 import re
 from collections.abc import Sequence
 
-from experiments.tasks.base import Example, register_task
-from experiments.tasks.common import LazyExamples, build_test_split, check_bounded_text
+from experiments.tasks.common import LazyExamples, build_test_split, check_bounded_text, check_split_params
+from experiments.tasks.registry import register_task
+from grpo.task import Example
 
 ANSWER_MARKER = ">"
 _ANSWER_RE = re.compile(r"\s*([0-9]{1,64})\s*")
@@ -64,10 +65,7 @@ class ArithTask:
             raise ValueError(
                 f"arith: need 1 <= min_digits <= max_digits <= 18, got {min_digits}, {max_digits}"
             )
-        if n_test < 1:
-            raise ValueError(f"arith: n_test must be >= 1, got {n_test}")
-        if not 0.0 < test_pool_fraction < 1.0:
-            raise ValueError(f"arith: test_pool_fraction must be in (0, 1), got {test_pool_fraction}")
+        check_split_params(self.name, n_test, test_pool_fraction)
         self.min_digits, self.max_digits = min_digits, max_digits
         self.n_test, self.n_train, self.seed, self.test_seed = n_test, n_train, seed, test_seed
         self.test_pool_fraction = test_pool_fraction

@@ -13,9 +13,17 @@ import random
 from collections.abc import Callable, Iterator, Sequence
 from typing import overload
 
-from experiments.tasks.base import Example
+from grpo.task import Example
 
 MAX_DRAWS_PER_EXAMPLE = 10_000
+
+
+def check_split_params(task_name: str, n_test: int, test_pool_fraction: float) -> None:
+    """The parameters every built-in task's train/test split takes, refused by name when out of range."""
+    if n_test < 1:
+        raise ValueError(f"{task_name}: n_test must be >= 1, got {n_test}")
+    if not 0.0 < test_pool_fraction < 1.0:
+        raise ValueError(f"{task_name}: test_pool_fraction must be in (0, 1), got {test_pool_fraction}")
 
 
 def in_test_pool(task_name: str, key: str, test_pool_fraction: float) -> bool:

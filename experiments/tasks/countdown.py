@@ -5,7 +5,7 @@ expression. Its solutions are the shortest expression of every (subset of the nu
 that reaches the target, at most ``max_solution_chars`` long (the overall shortest always included);
 ``solution="random"`` (default) draws the SFT target uniformly among them at every draw and shuffles the
 operands of its + / - and * / / chains (``"3*5+9"`` may become ``"9+5*3"``), so the SFT policy spreads its
-mass over many right answers (the high-entropy, many-answers regime of DESIGN §4);
+mass over many right answers (the high-entropy, many-answers regime of docs/background.md §4);
 ``solution="shortest"`` always uses the canonical shortest one (fewest characters, ties broken by string
 order), e.g. ``"3*5+9"``. ``Example.answer`` is always the canonical shortest solution.
 
@@ -28,8 +28,9 @@ from fractions import Fraction
 from functools import lru_cache
 from math import gcd
 
-from experiments.tasks.base import Example, register_task
-from experiments.tasks.common import LazyExamples, build_test_split, check_bounded_text
+from experiments.tasks.common import LazyExamples, build_test_split, check_bounded_text, check_split_params
+from experiments.tasks.registry import register_task
+from grpo.task import Example
 
 MAX_EXPRESSION_CHARS = 200
 MAX_DEPTH = 32
@@ -326,10 +327,7 @@ class CountdownTask:
             )
         if min_target > max_target:
             raise ValueError(f"countdown: min_target {min_target} > max_target {max_target}")
-        if n_test < 1:
-            raise ValueError(f"countdown: n_test must be >= 1, got {n_test}")
-        if not 0.0 < test_pool_fraction < 1.0:
-            raise ValueError(f"countdown: test_pool_fraction must be in (0, 1), got {test_pool_fraction}")
+        check_split_params(self.name, n_test, test_pool_fraction)
         self.min_numbers, self.max_numbers = min_numbers, max_numbers
         self.min_number, self.max_number = min_number, max_number
         self.min_target, self.max_target = min_target, max_target

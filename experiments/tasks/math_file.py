@@ -38,8 +38,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from experiments.tasks.base import Example, register_task
 from experiments.tasks.common import check_bounded_text, in_test_pool
+from experiments.tasks.registry import register_task
+from grpo.task import Example
 
 DEFAULT_PROMPT_TEMPLATE = "{prompt}\nPlease reason step by step, and put your final answer within \\boxed{}."
 MAX_ANSWER_CHARS = 1000

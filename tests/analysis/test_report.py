@@ -43,7 +43,9 @@ def test_report_end_to_end(sweep, tmp_path, capsys):
     uri, parent, by_name = sweep
     out = tmp_path / "rep"
     path = report.build_report(
-        uri, parent_run_id=parent, out_dir=out, control=CTRL, target=0.75, n_resamples=1000
+        report.ReportOptions(
+            out_dir=out, tracking_uri=uri, parent_run_id=parent, control=CTRL, target=0.75, n_resamples=1000
+        )
     )
     assert path == out / "report.md" and path.exists()
     text = path.read_text()

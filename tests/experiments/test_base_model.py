@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 
 import pytest
@@ -12,16 +14,38 @@ import experiments.base_model as bm
 from experiments.base_model import (
     BASE_MODEL_VERSION,
     PretrainError,
+    SFTRecipe,
+    TinyArchitecture,
     build_tiny_model,
-    ensure_base_model,
-    evaluate_accuracy,
-    pretrain,
+    greedy_accuracy,
 )
 from experiments.tasks import make_task
 from experiments.tasks.tokenizer import build_char_tokenizer
 
 FAST = {"batch_size": 16, "warmup_steps": 5, "eval_every": 5, "dense_eval_every": 5, "tracking_uri": None}
 """Tiny batches and a short warm-up so a handful of steps show learning."""
+
+RECIPE_FIELDS = {f.name for f in dataclasses.fields(SFTRecipe)}
+
+
+def split(kwargs: dict) -> tuple[SFTRecipe, dict]:
+    """(the recipe from the recipe fields among ``kwargs``, the other keyword arguments)."""
+    recipe = SFTRecipe(**{k: v for k, v in kwargs.items() if k in RECIPE_FIELDS})
+    return recipe, {k: v for k, v in kwargs.items() if k not in RECIPE_FIELDS}
+
+
+def pretrain(task, params, out, **kwargs):
+    recipe, rest = split(kwargs)
+    return bm.pretrain(task, params, out, recipe, **rest)
+
+
+def ensure_base_model(task, params, **kwargs):
+    recipe, rest = split(kwargs)
+    return bm.ensure_base_model(task, params, recipe, **rest)
+
+
+def evaluate_accuracy(model, tokenizer, task):
+    return greedy_accuracy(model, tokenizer, task, list(task.test()))
 
 
 @pytest.fixture(autouse=True)
@@ -90,7 +114,7 @@ def test_same_seed_same_model(tmp_path):
 
 def _scripted(monkeypatch, accuracies):
     script = iter(accuracies)
-    monkeypatch.setattr(bm, "evaluate_accuracy", lambda *a, **k: next(script))
+    monkeypatch.setattr(bm, "greedy_accuracy", lambda *a, **k: next(script))
 
 
 def _run(tmp_path, **kw):
@@ -169,9 +193,12 @@ def test_ensure_base_model_caches_and_never_leaves_half_entries(tmp_path, monkey
     assert bm.base_model_key("arith", {"n_test": 4, "max_digits": 5}) != bm.base_model_key(
         "arith", {"n_test": 4}
     )
-    assert bm.base_model_key("arith", {}, seed=1) != bm.base_model_key("arith", {}, seed=0)
+    assert bm.base_model_key("arith", {}, SFTRecipe(seed=1)) != bm.base_model_key(
+        "arith", {}, SFTRecipe(seed=0)
+    )
     assert bm.base_model_key("arith", {"seed": 9}) == bm.base_model_key("arith", {})  # pretrain seed rules
-    assert bm.base_model_key("arith", {}, model_params={"hidden_size": 64}) != bm.base_model_key("arith", {})
+    small = SFTRecipe(architecture=TinyArchitecture(hidden_size=64))
+    assert bm.base_model_key("arith", {}, small) != bm.base_model_key("arith", {})
 
     def crash(*args, **kwargs):
         (args[2] / "partial.bin").write_bytes(b"x")
@@ -208,3 +235,53 @@ def test_pretrain_reaches_band(tmp_path, task):
     model = AutoModelForCausalLM.from_pretrained(tmp_path / task)
     tok = AutoTokenizer.from_pretrained(tmp_path / task)
     assert evaluate_accuracy(model, tok, make_task(task)) == pytest.approx(meta["test_accuracy"])
+
+
+OTHER_VALUES = {
+    "seed": 1,
+    "architecture": TinyArchitecture(hidden_size=64),
+    "lr": 1e-3,
+    "betas": (0.9, 0.99),
+    "weight_decay": 0.0,
+    "warmup_steps": 50,
+    "batch_size": 32,
+    "grad_clip": 0.5,
+    "target_accuracy": (0.3, 0.7),
+    "aim_tolerance": 0.1,
+    "eval_every": 7,
+    "dense_eval_every": 3,
+    "max_steps": 100,
+    "allow_out_of_band": True,
+    "num_threads": 1,
+}
+"""A value other than the default for every recipe field: a new field without an entry here fails the test."""
+
+
+def test_every_recipe_field_is_in_the_cache_key():
+    assert set(OTHER_VALUES) == RECIPE_FIELDS
+    default = bm.base_model_key("arith", {})
+    for name, value in OTHER_VALUES.items():
+        assert bm.base_model_key("arith", {}, SFTRecipe(**{name: value})) != default, name
+    for f in dataclasses.fields(TinyArchitecture):
+        other = {"num_heads": 2, "hidden_size": 64}.get(f.name, getattr(TinyArchitecture(), f.name) // 2)
+        arch = TinyArchitecture(**{f.name: other})
+        assert bm.base_model_key("arith", {}, SFTRecipe(architecture=arch)) != default, f.name
+    # unset evaluation cadences are the task's hints, keyed by value: arith's hint is 20 / 5
+    assert bm.base_model_key("arith", {}, SFTRecipe(eval_every=20, dense_eval_every=5)) == default
+
+
+def test_pretrain_takes_nothing_that_changes_the_model_outside_the_recipe():
+    """Everything else pretrain accepts is documented not to change the model; a new parameter must either go
+    into SFTRecipe (and so into the key) or be added here deliberately."""
+    parameters = inspect.signature(bm.pretrain).parameters
+    assert list(parameters)[:4] == ["task_name", "task_params", "out_dir", "recipe"]
+    assert set(list(parameters)[4:]) == {"max_seconds", "tracking_uri", "verbose"}
+    assert set(inspect.signature(bm.ensure_base_model).parameters) == {
+        "task_name",
+        "task_params",
+        "recipe",
+        "cache_dir",
+        "max_seconds",
+        "tracking_uri",
+        "verbose",
+    }

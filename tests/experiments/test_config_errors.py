@@ -14,9 +14,9 @@ from omegaconf.errors import ConfigKeyError
 
 from experiments.train import run
 from grpo.config import register_configs
-from interventions.base import ConfigError
+from grpo.credit import ConfigError
 
-CONF = str(Path(__file__).resolve().parents[1] / "conf")
+CONF = str(Path(__file__).resolve().parents[2] / "conf")
 register_configs()
 
 
@@ -78,7 +78,8 @@ def test_intervention_window_after_the_last_step_is_refused(intervention, tmp_pa
 
 
 def test_compose_acts_from_its_earliest_step():
-    from interventions import build_intervention
+    import interventions  # noqa: F401  (registers every method)
+    from grpo.credit import build_intervention
 
     steps = [{"name": "hapo", "start_step": 250}, {"name": "top_entropy", "start_step": 3}]
     assert build_intervention({"name": "compose", "steps": steps}).first_active_step() == 3

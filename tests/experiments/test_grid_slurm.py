@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.test_grid_launchers import (
+from tests.experiments.test_grid_launchers import (
     all_histories,
     all_runs,
     metric_history,
@@ -229,7 +229,7 @@ def test_slurm_preemption_requeues_and_resumes_bit_identical(slurm_cluster, tiny
 
         def mid_run():
             # Files first: opening the store before the sweep has created it races its schema migration
-            # (DESIGN.md section 3), which can leave this process's store unusable for the whole test.
+            # (docs/background.md §5), which can leave this process's store unusable for the whole test.
             if (
                 not (job_dir / "mlflow_run_id").is_file()
                 or not (job_dir / "checkpoint" / "state.pt").is_file()

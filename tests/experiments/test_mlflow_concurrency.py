@@ -9,7 +9,7 @@ its ``local`` launcher (``max_parallel=16``: all at once) and :class:`experiment
 ``experiments.train`` logs with), doing what a training run does with MLflow, without the model: create the
 run with override tags under the parent, log params (in batches of 100), the config artifact, one
 ``log_batch`` per step, then finish. The values are a function of (seed, step, key), so every one can be
-checked. Real training jobs under the same callback and launcher are covered by tests/test_grid_slurm.py.
+checked. Real training jobs under the same callback and launcher are covered by tests/experiments/test_grid_slurm.py.
 
 Run as a Hydra app by the tests: ``python -m tests.test_mlflow_concurrency -m seed=0,1,... tracking.uri=...``.
 """
@@ -23,7 +23,7 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import REPO
-from tests.test_grid_launchers import all_runs, free_port, metric_history, output_of, run_cli
+from tests.experiments.test_grid_launchers import all_runs, free_port, metric_history, output_of, run_cli
 
 N_JOBS = 16
 STEPS = 25
@@ -80,7 +80,7 @@ def run_grid(tmp_path: Path, uri: str) -> None:
     cmd = [
         sys.executable,
         "-m",
-        "tests.test_mlflow_concurrency",
+        "tests.experiments.test_mlflow_concurrency",
         "-m",
         f"seed={seeds}",
         f"hydra.searchpath=[file://{REPO / 'conf'}]",  # conf/hydra/launcher/local.yaml

@@ -13,7 +13,6 @@ from hypothesis import strategies as st
 
 from experiments.tasks import TASKS, make_task
 from experiments.tasks.arith import worked_sum
-from experiments.tasks.base import Example
 from experiments.tasks.countdown import (
     evaluate_expression,
     shuffled_solution,
@@ -22,6 +21,7 @@ from experiments.tasks.countdown import (
     uses_allowed_numbers,
 )
 from experiments.tasks.math_file import last_boxed, math_equal
+from grpo.task import Example
 
 HYPOTHESIS = settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]

@@ -1,4 +1,4 @@
-"""interventions.diagnostics: gradient decomposition on a tiny model, log-prob change, answer diversity."""
+"""grpo.diagnostics: gradient decomposition on a tiny model, log-prob change, answer diversity."""
 
 from __future__ import annotations
 
@@ -6,31 +6,29 @@ import math
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
+import interventions  # noqa: F401  (registers every method)
 from grpo.advantages import group_advantages
+from grpo.credit import TokenCredit, TokenFacts
+from grpo.diagnostics import answer_diversity, logprob_change, quadrant_gradient_diagnostics
 from grpo.loss import policy_loss
+from grpo.quadrants import QUADRANTS, EntropySplit, split_quadrants
 from grpo.rollout import response_logprobs
-from interventions import TokenCredit, TokenFacts
-from interventions.diagnostics import answer_diversity, logprob_change, quadrant_gradient_diagnostics
-from interventions.quadrants import QUADRANTS, EntropySplit, split_quadrants
+from tests.conftest import tiny_llama
 
 B, P, T = 8, 3, 5
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    torch.manual_seed(0)
-    config = LlamaConfig(
+    model = tiny_llama(
+        0,
         vocab_size=16,
-        hidden_size=32,
-        intermediate_size=64,
         num_hidden_layers=1,
         num_attention_heads=4,
         num_key_value_heads=4,
         max_position_embeddings=32,
-    )
-    model = LlamaForCausalLM(config).float()
+    ).float()
     g = torch.Generator().manual_seed(5)
     prompt_ids = torch.randint(1, 16, (B, P), generator=g)
     prompt_mask = torch.ones(B, P, dtype=torch.bool)

@@ -1,4 +1,4 @@
-"""The quadrant split (interventions.quadrants): tie rule, modes, padding, zero advantages, statistics."""
+"""The quadrant split (grpo.quadrants): tie rule, modes, padding, zero advantages, statistics."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from interventions import build_intervention
-from interventions.base import ConfigError, TokenCredit, TokenFacts
-from interventions.quadrants import (
+import interventions  # noqa: F401  (registers every method)
+from grpo.credit import ConfigError, TokenCredit, TokenFacts, build_intervention
+from grpo.quadrants import (
     QUADRANTS,
     EntropySplit,
     entropy_high_mask,

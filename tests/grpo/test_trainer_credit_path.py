@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from grpo.advantages import group_advantages
+from grpo.credit import TokenCredit
 from grpo.loss import aggregate, clipped_surrogate
 from grpo.rollout import response_logprobs
-from interventions.base import TokenCredit
 from tests.conftest import make_trainer
 
 

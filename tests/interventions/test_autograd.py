@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
+import interventions  # noqa: F401  (registers every method)
 from grpo.advantages import group_advantages
+from grpo.credit import TokenCredit, TokenFacts, build_intervention
 from grpo.loss import policy_loss
+from grpo.quadrants import QUADRANTS, EntropySplit, split_quadrants
 from grpo.rollout import response_logprobs
-from interventions import TokenCredit, TokenFacts, build_intervention
-from interventions.quadrants import QUADRANTS, EntropySplit, split_quadrants
+from tests.conftest import tiny_llama
 
 B, P, T = 8, 3, 6
 SPLIT = {"high_fraction": 0.3}
@@ -19,18 +20,13 @@ SPLIT = {"high_fraction": 0.3}
 
 @pytest.fixture(scope="module")
 def setup():
-    torch.manual_seed(0)
-    config = LlamaConfig(
+    model = tiny_llama(
+        0,
         vocab_size=16,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
         num_attention_heads=4,
-        num_key_value_heads=2,
         max_position_embeddings=32,
         tie_word_embeddings=False,
-    )
-    model = LlamaForCausalLM(config).float()
+    ).float()
     g = torch.Generator().manual_seed(1)
     prompt_ids = torch.randint(1, 16, (B, P), generator=g)
     prompt_mask = torch.ones(B, P, dtype=torch.bool)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from interventions import TokenCredit, TokenFacts, build_intervention
+import interventions  # noqa: F401  (registers every method)
+from grpo.credit import TokenCredit, TokenFacts, build_intervention
 
 
 def facts_at(step: int) -> TokenFacts:

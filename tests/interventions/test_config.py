@@ -1,5 +1,6 @@
 """Configs: bad values refused with ConfigError naming the field (through build_intervention, before any
-model loads); every YAML in conf/intervention builds and repeats the code's defaults; every field documented."""
+model loads); every preset in conf/intervention composes through Hydra, builds and repeats the code's defaults;
+every config field documented."""
 
 from __future__ import annotations
 
@@ -9,11 +10,14 @@ import re
 from pathlib import Path
 
 import pytest
-import yaml
+from omegaconf import OmegaConf
 
-from interventions import ConfigError, build_intervention, registered
+import interventions  # noqa: F401  (registers every method)
+from grpo.checks import ConfigError
+from grpo.credit import build_intervention, registered
+from tests.conftest import compose_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "conf" / "intervention"
 
 
@@ -102,6 +106,11 @@ def yaml_files() -> list[Path]:
     return sorted(CONF.glob("*.yaml"))
 
 
+def composed(preset: str) -> dict:
+    """conf/intervention/<preset>.yaml as Hydra composes it for ``intervention=<preset>`` (defaults list applied)."""
+    return OmegaConf.to_container(compose_config(f"intervention={preset}").intervention, resolve=True)
+
+
 def test_every_method_has_a_yaml_named_after_it():
     names = {p.stem for p in yaml_files()}
     assert set(registered()) <= names
@@ -109,7 +118,7 @@ def test_every_method_has_a_yaml_named_after_it():
 
 @pytest.mark.parametrize("path", yaml_files(), ids=lambda p: p.name)
 def test_every_yaml_builds(path):
-    values = yaml.safe_load(path.read_text())
+    values = composed(path.stem)
     method = build_intervention(values)
     assert type(method).name == values["name"]
 
@@ -119,8 +128,7 @@ def test_every_yaml_builds(path):
 )
 def test_method_yaml_repeats_the_code_defaults(path):
     """conf/intervention/<method>.yaml and the config dataclass must agree on the paper's defaults."""
-    values = yaml.safe_load(path.read_text())
-    config = build_intervention(values).config
+    config = build_intervention(composed(path.stem)).config
     defaults = type(config)()
     assert dataclasses.asdict(config) == dataclasses.asdict(defaults)
 
@@ -139,17 +147,17 @@ def test_method_yaml_repeats_the_code_defaults(path):
     ],
 )
 def test_quadrant_presets(preset, expected):
-    config = build_intervention(yaml.safe_load((CONF / f"{preset}.yaml").read_text())).config
+    config = build_intervention(composed(preset)).config
     assert config.name == "quadrant"
     assert config.scale.as_dict() == expected
     assert not config.renormalize and not config.mask_kl
 
 
-def _dataclass_fields_without_docstring(path: Path) -> list[str]:
+def _dataclass_fields_without_docstring(path: Path, classes: set[str] | None = None) -> list[str]:
     tree = ast.parse(path.read_text())
     missing = []
     for node in ast.walk(tree):
-        if not isinstance(node, ast.ClassDef):
+        if not isinstance(node, ast.ClassDef) or (classes is not None and node.name not in classes):
             continue
         if not any("dataclass" in ast.unparse(d) for d in node.decorator_list):
             continue
@@ -166,8 +174,13 @@ def _dataclass_fields_without_docstring(path: Path) -> list[str]:
 
 
 def test_every_config_field_has_a_docstring():
-    files = [p for p in (ROOT / "interventions").glob("*.py") if p.name not in {"base.py", "none.py"}]
+    files = [
+        *(ROOT / "interventions").glob("*.py"),
+        *(ROOT / "grpo" / n for n in ("config.py", "credit.py", "quadrants.py")),
+    ]
     missing = [m for p in files for m in _dataclass_fields_without_docstring(p)]
+    recipe = ROOT / "experiments" / "base_model.py"
+    missing += _dataclass_fields_without_docstring(recipe, {"SFTRecipe", "TinyArchitecture"})
     assert missing == []
 
 

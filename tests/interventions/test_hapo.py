@@ -6,7 +6,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from interventions import TokenCredit, TokenFacts, build_intervention
+import interventions  # noqa: F401  (registers every method)
+from grpo.credit import TokenCredit, TokenFacts, build_intervention
 
 
 @st.composite

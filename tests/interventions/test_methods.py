@@ -8,7 +8,8 @@ import math
 import pytest
 import torch
 
-from interventions import TokenCredit, TokenFacts, build_intervention
+import interventions  # noqa: F401  (registers every method)
+from grpo.credit import TokenCredit, TokenFacts, build_intervention
 from interventions.clip_cov import token_covariance
 
 

@@ -1,0 +1,67 @@
+"""What a quadrl run records in MLflow, defined once for the writer (``experiments/``) and the reader (``analysis/``).
+
+Torch-free and dependency-free, so that ``analysis/`` can read runs without importing the trainer.
+
+A *condition* is what distinguishes a run from the other runs of its sweep except for the seed: the job's Hydra
+overrides without ``seed=...``, unescaped (``sqlite\\:///x`` -> ``sqlite:///x``), sorted and joined by spaces;
+``default`` when nothing is left. Analysis groups the seeds of one condition together.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+"""Where runs go, and are read from, unless told otherwise: a SQLite file in the working directory."""
+
+QUADRANTS = ("pos_high", "pos_low", "neg_high", "neg_low")
+"""The four quadrants: polarity (sign of the sequence advantage) x token entropy (high / low)."""
+
+# tags of a training run
+CONDITION_TAG = "quadrl.condition"
+"""The run's condition (:func:`condition_of` of its overrides)."""
+OVERRIDES_TAG = "quadrl.overrides"
+"""JSON list of the job's Hydra overrides, as given."""
+OVERRIDE_TAG_PREFIX = "override."
+"""``override.<key>`` = the unescaped value of each override (the UI groups and filters by these)."""
+PARENT_TAG = "mlflow.parentRunId"
+"""The sweep's parent run (MLflow's own nesting tag; ``nested=True`` works in-process only)."""
+RESUMED_TAG = "quadrl.resumed_at"
+"""Set when a run was resumed from its checkpoint (a requeued or restarted job)."""
+
+# tags of a sweep's parent run
+ROLE_TAG = "quadrl.role"
+"""``sweep`` on a sweep's parent run, so that readers of an experiment can leave parents out."""
+SWEEP_ROLE = "sweep"
+SWEEP_SUMMARY_TAG = "quadrl.sweep_summary"
+"""JSON: how many jobs finished, failed, were killed or requeued."""
+
+
+def unescape(text: str) -> str:
+    """Drop Hydra's override escaping (``sqlite\\:///x`` -> ``sqlite:///x``): tags hold values, not syntax."""
+    return re.sub(r"\\(.)", r"\1", text)
+
+
+def override_key(override: str) -> str:
+    """``+a.b=1`` -> ``a.b``."""
+    return override.lstrip("+~").split("=", 1)[0]
+
+
+def is_seed_override(override: str) -> bool:
+    return override_key(override) == "seed"
+
+
+def condition_of(overrides: Iterable[str]) -> str:
+    """A run's condition: its overrides without the seed, unescaped and sorted (module docstring)."""
+    rest = sorted(unescape(str(o)) for o in overrides if not is_seed_override(str(o)))
+    return " ".join(rest) if rest else "default"
+
+
+def seed_of(overrides: Iterable[str]) -> str | None:
+    """The value of the ``seed=`` override, if any (the last one wins, as in Hydra)."""
+    value = None
+    for o in overrides:
+        if is_seed_override(str(o)):
+            value = str(o).split("=", 1)[1]
+    return value

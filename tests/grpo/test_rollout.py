@@ -1,0 +1,193 @@
+"""Sampling and log-probs: the sampler against a plain forward, chunking, top-p, stop tokens, compaction."""
+
+from __future__ import annotations
+
+import torch
+from transformers import LlamaForCausalLM
+
+from grpo.rollout import entropy_from_logits, response_logprobs, sample, top_p_filter
+from tests.conftest import tiny_llama as shared_tiny_llama
+
+
+def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
+    return shared_tiny_llama(seed).eval()
+
+
+PROMPTS = [[1, 5, 6, 7, 8, 9], [1, 5], [1, 10, 11, 12], [1, 13, 14]]
+
+
+def full_logits(model, prompt: list[int], response: list[int]) -> torch.Tensor:
+    """Logits predicting each response token, from one unpadded full forward (no cache, no chunking)."""
+    ids = torch.tensor([prompt + response])
+    with torch.no_grad():
+        return model(ids).logits[0, len(prompt) - 1 : -1]
+
+
+def test_sampler_logprobs_and_entropy_match_a_plain_forward_and_top_p_holds():
+    model = tiny_llama()
+    temperature, top_p = 0.7, 0.8
+    roll = sample(
+        model,
+        PROMPTS * 4,
+        max_new_tokens=10,
+        eos_id=2,
+        pad_id=0,
+        temperature=temperature,
+        top_p=top_p,
+        generator=torch.Generator().manual_seed(0),
+    )
+    checked = 0
+    for row, prompt in enumerate(PROMPTS * 4):
+        n = int(roll.response_mask[row].sum())
+        tokens = roll.response_ids[row, :n].tolist()
+        # the mask is a prefix and ends at EOS, or runs to max_new_tokens
+        assert roll.response_mask[row, :n].all() and not roll.response_mask[row, n:].any()
+        assert 2 not in tokens[:-1] and (tokens[-1] == 2 or n == 10)
+        probs = torch.softmax(full_logits(model, prompt, tokens) / temperature, -1)
+        dist = torch.distributions.Categorical(probs=probs)
+        want_logp = dist.log_prob(torch.tensor(tokens))
+        assert torch.allclose(roll.logprobs[row, :n], want_logp, atol=1e-5)
+        assert torch.allclose(roll.entropy[row, :n], dist.entropy(), atol=1e-5)
+        assert (roll.logprobs[row, n:] == 0).all() and (roll.entropy[row, n:] == 0).all()
+        for t, token in enumerate(tokens):  # top-p: the mass strictly above the drawn token is < top_p
+            p = probs[t]
+            assert float(p[p > p[token]].sum()) < top_p + 1e-6
+            checked += 1
+    assert checked > 50
+
+
+def test_training_logprobs_match_the_sampler_and_do_not_depend_on_chunking():
+    model = tiny_llama(seed=1)
+    roll = sample(
+        model,
+        PROMPTS * 2,
+        max_new_tokens=9,
+        eos_id=2,
+        pad_id=0,
+        temperature=1.3,
+        generator=torch.Generator().manual_seed(1),
+    )
+    args = (model, roll.prompt_ids, roll.prompt_mask, roll.response_ids, roll.response_mask)
+    results = {}
+    for chunk in (1, 7, 10_000):
+        model.zero_grad()
+        logp, ent = response_logprobs(*args, temperature=1.3, chunk_size=chunk, with_entropy=True)
+        logp.sum().backward()
+        grad = model.model.layers[0].mlp.up_proj.weight.grad.clone()
+        results[chunk] = (logp.detach(), ent, grad)
+        assert torch.allclose(logp.detach(), roll.logprobs, atol=1e-5)
+        assert torch.allclose(ent, roll.entropy, atol=1e-5)
+        assert (logp.detach()[~roll.response_mask] == 0).all()
+    for chunk in (1, 7):
+        assert torch.allclose(results[chunk][2], results[10_000][2], atol=1e-5)
+
+
+def test_sampling_stops_at_any_of_several_stop_ids():
+    model = tiny_llama(seed=2)
+    kw = dict(max_new_tokens=12, pad_id=0, temperature=3.0, generator=None)
+    free = sample(model, PROMPTS * 4, eos_id=39, **{**kw, "generator": torch.Generator().manual_seed(5)})
+    # pick two tokens the unconstrained sampler actually produced mid-response and make them stop tokens
+    seen = free.response_ids[free.response_mask].tolist()
+    stops = sorted(set(seen), key=seen.count)[-2:]
+    roll = sample(model, PROMPTS * 4, eos_id=stops, **{**kw, "generator": torch.Generator().manual_seed(5)})
+    ended = 0
+    for row in range(len(PROMPTS) * 4):
+        tokens = roll.response_ids[row, : int(roll.response_mask[row].sum())].tolist()
+        assert not set(tokens[:-1]) & set(stops)
+        ended += tokens[-1] in stops
+    assert ended >= 4
+
+
+def test_finished_rows_leave_the_batch_without_changing_any_response(monkeypatch):
+    """Rows that finish are dropped from the running batch and KV cache; each response, log-prob and entropy
+    equals that of the same prompt generated alone (greedy: no randomness to share)."""
+    from transformers import DynamicCache
+
+    model = tiny_llama(seed=3)
+    prompts = PROMPTS * 3
+    kw = dict(max_new_tokens=12, pad_id=0, greedy=True)
+    free = sample(model, prompts, eos_id=39, **kw)
+    # half the prompts' second greedy token becomes a stop token: those rows finish early, the others run on
+    stops = sorted({int(free.response_ids[row, 1]) for row in range(0, len(prompts), 2)})
+    selections: list[int] = []
+    original = DynamicCache.batch_select_indices
+
+    def spy(self, indices):
+        selections.append(len(indices))
+        return original(self, indices)
+
+    monkeypatch.setattr(DynamicCache, "batch_select_indices", spy)
+    roll = sample(model, prompts, eos_id=stops, **kw)
+    assert selections and selections[-1] < len(prompts), "no row was ever dropped: the test proves nothing"
+    lengths = roll.response_mask.sum(-1)
+    assert int(lengths.min()) <= 2 and int(lengths.max()) == 12
+    for row, prompt in enumerate(prompts):
+        alone = sample(model, [prompt], eos_id=stops, **kw)
+        n = int(alone.response_mask.sum())
+        assert int(lengths[row]) == n
+        assert roll.response_ids[row, :n].tolist() == alone.response_ids[0, :n].tolist()
+        assert torch.allclose(roll.logprobs[row, :n], alone.logprobs[0, :n], atol=1e-5)
+        assert torch.allclose(roll.entropy[row, :n], alone.entropy[0, :n], atol=1e-5)
+        assert (roll.response_ids[row, n:] == 0).all() and (roll.logprobs[row, n:] == 0).all()
+
+
+def test_models_that_rescale_their_logits_use_the_full_forward():
+    # Gemma 2 soft-caps its logits after the head: head(hidden) alone is not the policy
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    cfg = Gemma2Config(
+        vocab_size=40,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        head_dim=16,
+        final_logit_softcapping=0.5,  # tiny cap: the capped distribution is far from the raw one
+        max_position_embeddings=64,
+    )
+    torch.manual_seed(0)
+    model = Gemma2ForCausalLM(cfg).eval()
+    prompt = torch.tensor([[1, 5, 6], [0, 1, 7]])
+    prompt_mask = prompt != 0
+    resp = torch.randint(3, 40, (2, 5))
+    resp_mask = torch.ones(2, 5, dtype=torch.bool)
+    logp, _ = response_logprobs(model, prompt, prompt_mask, resp, resp_mask, chunk_size=2)
+    for row in range(2):
+        kept = prompt[row][prompt_mask[row]].tolist()
+        want = torch.log_softmax(full_logits(model, kept, resp[row].tolist()), -1)
+        assert torch.allclose(logp[row].detach(), want.gather(-1, resp[row][:, None])[:, 0], atol=1e-5)
+
+
+def test_chunked_logprobs_and_entropy_match_categorical():
+    model = shared_tiny_llama(0, vocab_size=50, num_hidden_layers=1, max_position_embeddings=64)
+    prompt = torch.randint(3, 50, (3, 4))
+    prompt_mask = torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1], [0, 0, 1, 1]], dtype=torch.bool)
+    resp = torch.randint(3, 50, (3, 7))
+    resp_mask = torch.ones(3, 7, dtype=torch.bool)
+    resp_mask[2, 5:] = False
+    temperature = 0.7
+    logp, ent = response_logprobs(
+        model, prompt, prompt_mask, resp, resp_mask, temperature=temperature, chunk_size=3, with_entropy=True
+    )
+    for row in range(3):
+        keep = torch.cat([prompt[row][prompt_mask[row]], resp[row]])
+        logits = model(keep[None]).logits[0, prompt_mask[row].sum() - 1 : -1] / temperature
+        dist = torch.distributions.Categorical(logits=logits)
+        n = int(resp_mask[row].sum())
+        assert torch.allclose(logp[row, :n], dist.log_prob(resp[row])[:n], atol=1e-5)
+        assert torch.allclose(ent[row, :n], dist.entropy()[:n], atol=1e-5)
+        assert (logp[row, n:] == 0).all()
+
+
+def test_entropy_from_random_logits_matches_categorical():
+    logits = torch.randn(5, 11, generator=torch.Generator().manual_seed(3)) * 3
+    _, ent = entropy_from_logits(logits)
+    assert torch.allclose(ent, torch.distributions.Categorical(logits=logits).entropy(), atol=1e-6)
+
+
+def test_top_p_keeps_smallest_set_with_mass():
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    kept = top_p_filter(probs.log(), 0.8).isfinite()
+    assert kept.tolist() == [[True, True, False, False]]  # 0.5 + 0.3 reaches 0.8
+    assert top_p_filter(probs.log(), 0.81).isfinite().tolist() == [[True, True, True, False]]

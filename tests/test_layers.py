@@ -1,0 +1,59 @@
+"""The layer rule: experiments -> interventions -> grpo; analysis reads MLflow only.
+
+Parsed from every module's imports (ast), so that a violation names the file, the line and the import.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGES = ("grpo", "interventions", "experiments", "analysis")
+ALLOWED = {
+    "grpo": {"grpo"},
+    "interventions": {"interventions", "grpo"},
+    "experiments": set(PACKAGES),
+    "analysis": {"analysis"},
+}
+
+
+def imported_modules(tree: ast.AST) -> list[tuple[int, str]]:
+    """(line, absolute module name) of every import in the tree, at any depth (function-local too)."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.append((node.lineno, node.module))
+    return found
+
+
+def violations(root: Path = REPO) -> list[str]:
+    out = []
+    for package in PACKAGES:
+        for path in sorted((root / package).rglob("*.py")):
+            tree = ast.parse(path.read_text(), str(path))
+            for line, module in imported_modules(tree):
+                top = module.split(".")[0]
+                if top in PACKAGES and top not in ALLOWED[package]:
+                    out.append(f"{path.relative_to(root)}:{line} imports {module}")
+    return out
+
+
+def test_layers_point_one_way():
+    assert violations() == []
+
+
+def test_a_violation_is_named_by_file_line_and_import(tmp_path):
+    for package in PACKAGES:
+        (tmp_path / package).mkdir()
+    (tmp_path / "grpo" / "loop.py").write_text(
+        "import torch\n\n\ndef f():\n    from experiments.tracking import Tracker\n"
+    )
+    (tmp_path / "analysis" / "read.py").write_text("from grpo.quadrants import QUADRANTS\n")
+    (tmp_path / "interventions" / "ok.py").write_text("from grpo.credit import register\n")
+    assert violations(tmp_path) == [
+        "grpo/loop.py:5 imports experiments.tracking",
+        "analysis/read.py:1 imports grpo.quadrants",
+    ]
