@@ -60,6 +60,8 @@ class TokenFacts:
     """The training step (0-based) this batch is used at."""
     ref_logprobs: Tensor | None = None
     """[B, T] float: log-probs under the reference policy, when a KL term is configured."""
+    response_ids: Tensor | None = None
+    """[B, T] long: the sampled tokens (padding where ``response_mask`` is false); the trainer always sets it."""
 
     @property
     def sequence_advantages(self) -> Tensor:

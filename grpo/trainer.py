@@ -279,6 +279,7 @@ class Trainer:
             rewards=batch.rewards,
             step=step,
             ref_logprobs=ref,
+            response_ids=r.response_ids,
         )
 
     def loss(
