@@ -25,6 +25,7 @@ from grpo import checkpoint
 from grpo.checks import ConfigError
 from grpo.config import QuadrlConfig, register_configs, validate
 from grpo.credit import build_intervention
+from grpo.decode import fast_path_blocker
 from grpo.model import load_policy
 from grpo.trainer import Trainer
 from runrecord import (
@@ -162,6 +163,8 @@ def run(raw: DictConfig) -> dict[str, float]:
                 }
             )
         policy = load_policy(cfg.model, path, need_reference=cfg.algo.beta > 0, seed=cfg.seed)
+        blocker = fast_path_blocker(policy.model)  # which decoder the sampler takes (grpo/decode.py)
+        tracker.set_tags({"quadrl.sampler": "fast" if blocker is None else f"generic: {blocker}"})
         trainer = Trainer(cfg, policy, task, intervention, tracker, run_dir)
         if state is not None:
             trainer.load_checkpoint(state)

@@ -1,6 +1,7 @@
 """Sampling and per-token log-probs / entropies.
 
-Sampling is a plain KV-cached loop over the model's own forward (any Hugging Face causal LM): for every
+Sampling is a KV-cached loop (any Hugging Face causal LM; :mod:`grpo.decode` runs the model: a fast decode
+step for Llama-family models, the model's full forward for any other, chosen automatically): for every
 response token it records the behaviour log-prob log pi_old(o_t|s_t) and the entropy
 H_t = -sum_v pi_old(v|s_t) log pi_old(v|s_t) of the *sampling* distribution, i.e. softmax(logits / T).
 Top-p only truncates what is drawn; log-probs and entropies are those of the temperature-scaled full
@@ -13,15 +14,15 @@ response tokens taken over the whole batch (padding skipped), so a 150k vocabula
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
+
+from grpo.decode import positions, start_decoding
 
 
 @dataclass
@@ -57,10 +58,6 @@ def left_pad(
     return ids.to(device), mask.to(device)
 
 
-def positions(mask: Tensor) -> Tensor:
-    return (mask.long().cumsum(-1) - 1).clamp_min(0)
-
-
 def entropy_from_logits(logits: Tensor) -> tuple[Tensor, Tensor]:
     """log-softmax and entropy (nats) over the last dim, in float32."""
     logp = F.log_softmax(logits.float(), dim=-1)
@@ -78,23 +75,14 @@ def top_p_filter(logp: Tensor, top_p: float) -> Tensor:
     return logp.masked_fill(drop, -torch.inf)
 
 
-@lru_cache(maxsize=64)
-def _forward_parameters(forward_class: type) -> frozenset[str]:
-    return frozenset(inspect.signature(forward_class.forward).parameters)
-
-
-def _forward_names(model: torch.nn.Module) -> tuple[str, str | None]:
-    """(name of the KV-cache argument, name of the keep-only-the-last-logits argument or None).
-
-    transformers renamed ``past_key_values`` to ``cache`` (5.x; the old name is removed in 5.40) and
-    ``num_logits_to_keep`` to ``logits_to_keep``; pyproject keeps an open range, so ask the model's forward.
-    A peft wrapper forwards ``**kwargs``: ask the model it wraps.
-    """
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    names = _forward_parameters(type(inner))
-    cache = "cache" if "cache" in names else "past_key_values"
-    keep = next((n for n in ("logits_to_keep", "num_logits_to_keep") if n in names), None)
-    return cache, keep
+def _draw(logp: Tensor, greedy: Tensor | None, top_p: float, generator: torch.Generator | None) -> Tensor:
+    """One token per row: argmax where ``greedy`` (None: every row), else a draw from the top-p-filtered ``logp``."""
+    if greedy is None:
+        return logp.argmax(-1)
+    probs = top_p_filter(logp, top_p).exp()
+    # multinomial draws on the CPU generator so that sampling is reproducible and resumable
+    drawn = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(logp.device)
+    return torch.where(greedy, logp.argmax(-1), drawn) if bool(greedy.any()) else drawn
 
 
 @torch.no_grad()
@@ -107,87 +95,75 @@ def sample(
     pad_id: int,
     temperature: float = 1.0,
     top_p: float = 1.0,
-    greedy: bool = False,
+    greedy: bool | Tensor = False,
     generator: torch.Generator | None = None,
+    decoder: str = "auto",
 ) -> Rollout:
-    """Generate one response per prompt (repeat a prompt G times in ``prompts`` for a group).
+    """Generate one response per prompt (repeat a prompt G times in ``prompts`` for a group: the copies share
+    one prefill).
 
     ``eos_id`` may be several ids (a chat model's end-of-turn and end-of-text): a response stops at any.
+    ``greedy``: True for every row, or a [B] bool tensor choosing greedy rows (they use temperature 1, the others
+    ``temperature``; a mixed batch draws for every row, so the generator advances as for an all-sampled batch).
+    ``decoder``: 'auto' | 'fast' | 'generic' (:mod:`grpo.decode`; 'auto' picks fast where it applies).
     """
     device = next(model.parameters()).device
     prompt_ids, prompt_mask = left_pad(prompts, pad_id, device)
     batch = prompt_ids.shape[0]
     stop_ids = torch.tensor([eos_id] if isinstance(eos_id, int) else list(eos_id), device=device)
-    cache_name, keep_name = _forward_names(model)
-    attention = prompt_mask.long()
-    # only the last position's logits are needed: a [B, P, V] prompt logit tensor is GBs for a 150k vocabulary
-    keep = {keep_name: 1} if keep_name else {}
-    out = model(
-        input_ids=prompt_ids,
-        attention_mask=attention,
-        position_ids=positions(prompt_mask),
-        use_cache=True,
-        **keep,
-    )
-    cache, next_logits = getattr(out, cache_name), out.logits[:, -1, :]
-    next_pos = prompt_mask.long().sum(-1, keepdim=True)
-    compactable = hasattr(cache, "batch_select_indices")
+    if isinstance(greedy, Tensor):
+        greedy_rows: Tensor | None = greedy.to(device=device, dtype=torch.bool)
+        temps = torch.where(greedy_rows, 1.0, temperature).to(torch.float32)[:, None]
+        if bool(greedy_rows.all()):
+            greedy_rows = None
+    else:
+        greedy_rows = None if greedy else torch.zeros(batch, dtype=torch.bool, device=device)
+        temps = torch.full((batch, 1), 1.0 if greedy else temperature, device=device)
+    dec, next_logits = start_decoding(model, prompts, prompt_ids, prompt_mask, max_new_tokens, path=decoder)
 
     # The model runs on the rows still generating (``rows``: their indices in the batch); a finished row is
     # dropped from the batch and the KV cache once enough rows have finished to pay for the copy, so that long
-    # tails of unfinished responses do not drag the finished ones along. Outputs are written back by row.
+    # tails of unfinished responses do not drag the finished ones along. Outputs are written by row.
+    out_ids = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    out_live = torch.zeros((batch, max_new_tokens), dtype=torch.bool, device=device)
+    out_logp = torch.zeros((batch, max_new_tokens), dtype=torch.float32, device=device)
+    out_ent = torch.zeros((batch, max_new_tokens), dtype=torch.float32, device=device)
     rows = torch.arange(batch, device=device)
-    tokens, logps, ents, alive = [], [], [], []
     finished = torch.zeros(batch, dtype=torch.bool, device=device)  # per row of the running batch
-    for _ in range(max_new_tokens):
+    length = 0
+    for t in range(max_new_tokens):
         # float32 before dividing: T applied to bf16 logits would round them before the softmax
-        logp, ent = entropy_from_logits(next_logits.float() / (1.0 if greedy else temperature))
-        if greedy:
-            token = logp.argmax(-1)
-        else:
-            probs = top_p_filter(logp, top_p).exp()
-            # multinomial draws on the CPU generator so that sampling is reproducible and resumable
-            token = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(device)
+        logp, ent = entropy_from_logits(next_logits.float() / temps)
         live = ~finished
-        token = torch.where(live, token, torch.full_like(token, pad_id))
-        step_token = torch.full((batch,), pad_id, dtype=token.dtype, device=device)
-        step_live = torch.zeros(batch, dtype=torch.bool, device=device)
-        step_logp = torch.zeros(batch, dtype=torch.float32, device=device)
-        step_ent = torch.zeros(batch, dtype=torch.float32, device=device)
-        step_token[rows], step_live[rows] = token, live
-        step_logp[rows] = torch.where(live, logp.gather(-1, token[:, None]).squeeze(-1), 0.0)
-        step_ent[rows] = torch.where(live, ent, 0.0)
-        tokens.append(step_token)
-        logps.append(step_logp)
-        ents.append(step_ent)
-        alive.append(step_live)
+        token = torch.where(live, _draw(logp, greedy_rows, top_p, generator), pad_id)
+        out_ids[rows, t], out_live[rows, t] = token, live
+        out_logp[rows, t] = torch.where(live, logp.gather(-1, token[:, None]).squeeze(-1), 0.0)
+        out_ent[rows, t] = torch.where(live, ent, 0.0)
         finished = finished | torch.isin(token, stop_ids)
+        length = t + 1
         n_done = int(finished.sum())
-        if n_done == len(rows):
+        if n_done == len(rows) or length == max_new_tokens:
             break
-        if compactable and n_done * 4 >= len(rows):
+        if n_done * 4 >= len(rows):
             keep = torch.nonzero(~finished).squeeze(-1)
-            cache.batch_select_indices(keep)
-            rows, finished = rows[keep], finished[keep]
-            token, live, next_pos, attention = token[keep], live[keep], next_pos[keep], attention[keep]
-        attention = torch.cat([attention, live.long()[:, None]], dim=-1)
-        out = model(
-            input_ids=token[:, None],
-            attention_mask=attention,
-            position_ids=next_pos,
-            use_cache=True,
-            **{cache_name: cache},
-        )
-        cache, next_logits = getattr(out, cache_name), out.logits[:, -1, :]
-        next_pos = next_pos + 1
+            if dec.select(keep):
+                rows, finished, token, live, temps = (
+                    rows[keep],
+                    finished[keep],
+                    token[keep],
+                    live[keep],
+                    temps[keep],
+                )
+                greedy_rows = None if greedy_rows is None else greedy_rows[keep]
+        next_logits = dec.step(token, live)
 
     return Rollout(
         prompt_ids=prompt_ids,
         prompt_mask=prompt_mask,
-        response_ids=torch.stack(tokens, 1),
-        response_mask=torch.stack(alive, 1),
-        logprobs=torch.stack(logps, 1),
-        entropy=torch.stack(ents, 1),
+        response_ids=out_ids[:, :length],
+        response_mask=out_live[:, :length],
+        logprobs=out_logp[:, :length],
+        entropy=out_ent[:, :length],
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from transformers import LlamaForCausalLM
 
@@ -98,25 +99,27 @@ def test_sampling_stops_at_any_of_several_stop_ids():
     assert ended >= 4
 
 
-def test_finished_rows_leave_the_batch_without_changing_any_response(monkeypatch):
+@pytest.mark.parametrize("decoder", ["fast", "generic"])
+def test_finished_rows_leave_the_batch_without_changing_any_response(monkeypatch, decoder):
     """Rows that finish are dropped from the running batch and KV cache; each response, log-prob and entropy
     equals that of the same prompt generated alone (greedy: no randomness to share)."""
-    from transformers import DynamicCache
+    from grpo.decode import FastDecoder, GenericDecoder
 
     model = tiny_llama(seed=3)
     prompts = PROMPTS * 3
-    kw = dict(max_new_tokens=12, pad_id=0, greedy=True)
+    kw = dict(max_new_tokens=12, pad_id=0, greedy=True, decoder=decoder)
     free = sample(model, prompts, eos_id=39, **kw)
     # half the prompts' second greedy token becomes a stop token: those rows finish early, the others run on
     stops = sorted({int(free.response_ids[row, 1]) for row in range(0, len(prompts), 2)})
     selections: list[int] = []
-    original = DynamicCache.batch_select_indices
+    cls = FastDecoder if decoder == "fast" else GenericDecoder
+    original = cls.select
 
     def spy(self, indices):
         selections.append(len(indices))
         return original(self, indices)
 
-    monkeypatch.setattr(DynamicCache, "batch_select_indices", spy)
+    monkeypatch.setattr(cls, "select", spy)
     roll = sample(model, prompts, eos_id=stops, **kw)
     assert selections and selections[-1] < len(prompts), "no row was ever dropped: the test proves nothing"
     lengths = roll.response_mask.sum(-1)
