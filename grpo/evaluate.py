@@ -46,35 +46,46 @@ def generate(
     task: Task,
     examples: Sequence[Example],
     *,
-    repeats: int,
+    samples: int,
     max_new_tokens: int,
     temperature: float,
-    greedy: bool,
     batch_size: int,
     generator: torch.Generator | None,
-) -> list[list[Completion]]:
-    """``repeats`` completions for each example, scored by the task's verifier."""
-    flat = [ex for ex in examples for _ in range(repeats)]
+) -> tuple[list[Completion], list[list[Completion]]]:
+    """For each example one greedy completion and ``samples`` sampled ones, scored by the task's verifier.
+
+    All of them come from one batched pass: each prompt's 1 + ``samples`` rows share its prefill, and a batch
+    holds as many whole prompts as fit in ``batch_size`` rows (at least one).
+    """
+    per_prompt = 1 + samples
+    chunk = max(1, batch_size // per_prompt)
     texts: list[str] = []
-    for start in range(0, len(flat), batch_size):
-        chunk = flat[start : start + batch_size]
+    for start in range(0, len(examples), chunk):
+        part = examples[start : start + chunk]
+        greedy = torch.tensor([j == 0 for _ in part for j in range(per_prompt)])
         roll = sample(
             policy.model,
-            [policy.encode_prompt(ex.prompt) for ex in chunk],
+            [policy.encode_prompt(ex.prompt) for ex in part for _ in range(per_prompt)],
             max_new_tokens=max_new_tokens,
             eos_id=policy.stop_ids,
             pad_id=policy.pad_id,
             temperature=temperature,
-            greedy=greedy,
+            greedy=greedy if samples else True,
             generator=generator,
         )
-        for row in range(len(chunk)):
-            texts.append(policy.decode(roll.response_ids[row][roll.response_mask[row]].tolist()))
-    out: list[list[Completion]] = []
+        texts += [
+            policy.decode(roll.response_ids[r][roll.response_mask[r]].tolist()) for r in range(len(greedy))
+        ]
+    greedy_out: list[Completion] = []
+    sampled_out: list[list[Completion]] = []
     for i, ex in enumerate(examples):
-        group = texts[i * repeats : (i + 1) * repeats]
-        out.append([Completion(ex, t, task.reward(ex, t), task.extract_answer(t)) for t in group])
-    return out
+        group = [
+            Completion(ex, t, task.reward(ex, t), task.extract_answer(t))
+            for t in texts[i * per_prompt : (i + 1) * per_prompt]
+        ]
+        greedy_out.append(group[0])
+        sampled_out.append(group[1:])
+    return greedy_out, sampled_out
 
 
 def evaluate(
@@ -91,16 +102,19 @@ def evaluate(
     was_training = policy.model.training
     policy.model.eval()
     try:
-        kw = dict(max_new_tokens=max_new_tokens, batch_size=cfg.batch_size, generator=generator)
-        greedy = [
-            g[0] for g in generate(policy, task, examples, repeats=1, temperature=1.0, greedy=True, **kw)
-        ]
+        greedy, groups = generate(
+            policy,
+            task,
+            examples,
+            samples=cfg.n_samples,
+            max_new_tokens=max_new_tokens,
+            temperature=cfg.temperature,
+            batch_size=cfg.batch_size,
+            generator=generator,
+        )
         metrics = {"eval/accuracy": sum(c.reward for c in greedy) / len(greedy)}
         if cfg.n_samples > 0:
             n = cfg.n_samples
-            groups = generate(
-                policy, task, examples, repeats=n, temperature=cfg.temperature, greedy=False, **kw
-            )
             correct = [sum(c.reward >= 1.0 for c in g) for g in groups]
             metrics[f"eval/avg_at_{n}"] = sum(c.reward for g in groups for c in g) / (n * len(groups))
             for k in cfg.pass_k:

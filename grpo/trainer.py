@@ -151,6 +151,10 @@ class Trainer:
         }
         self.next_step = 0
         self.data_epoch, self.data_index = 0, 0
+        self.run_started: float | None = (
+            None  # perf_counter() when run() began; eval time is shared against it
+        )
+        self.eval_seconds = 0.0
 
     # ---------------------------------------------------------------- data
     def _epoch_order(self, epoch: int) -> list[int]:
@@ -431,12 +435,20 @@ class Trainer:
 
     # ---------------------------------------------------------------- eval, checkpoint, loop
     def evaluate(self, step: int) -> dict[str, float]:
+        """``eval/*`` metrics, plus ``perf/eval_time_s`` and ``perf/eval_share``: the time spent evaluating so far
+        in this process's :meth:`run` over that run's wall time so far (a resumed run counts from its restart)."""
+        t0 = time.perf_counter()
         gen = torch.Generator().manual_seed(self.cfg.seed * 7919 + step)  # independent of the training stream
         metrics, greedy = evaluate(
             self.policy, self.task, self.cfg.eval, self.cfg.sampling.max_new_tokens, gen
         )
         rows = [{"prompt": c.example.prompt, "completion": c.text, "reward": c.reward} for c in greedy[:32]]
         self.tracker.log_table(rows, f"eval_samples/step_{step:06d}.json")
+        now = time.perf_counter()
+        self.eval_seconds += now - t0
+        started = t0 if self.run_started is None else self.run_started
+        metrics["perf/eval_time_s"] = now - t0
+        metrics["perf/eval_share"] = self.eval_seconds / max(now - started, 1e-9)
         return metrics
 
     def state(self) -> dict[str, Any]:
@@ -470,6 +482,7 @@ class Trainer:
     def run(self) -> dict[str, float]:
         cfg = self.cfg
         final: dict[str, float] = {}
+        self.run_started, self.eval_seconds = time.perf_counter(), 0.0
         if self.next_step == 0 and self.eval_due(0):
             final = self.evaluate(0)
             self.tracker.log_metrics(final, 0)

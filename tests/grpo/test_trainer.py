@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -137,3 +138,31 @@ def test_overlong_penalty_shapes_advantages_not_rewards(tmp_path, tiny_model_dir
     assert not torch.allclose(shaped, plain, atol=1e-3), lengths  # the lengths differ within some group
     metrics = trainer.step(1)
     assert metrics["train/overlong_penalty_mean"] < 0
+
+
+def test_eval_time_and_its_share_of_the_run_are_logged(tmp_path, tiny_model_dir, math_jsonl):
+    from grpo.metrics import NullSink
+
+    class Recorder(NullSink):
+        def __init__(self):
+            self.logged: dict[int, dict[str, float]] = {}
+
+        def log_metrics(self, metrics, step):
+            self.logged.setdefault(step, {}).update(metrics)
+
+    trainer = make_trainer(
+        tmp_path, tiny_model_dir, math_jsonl, "train.steps=2", "eval.every=1", "eval.n_samples=2",
+        "eval.pass_k=[1,2]", "eval.n_prompts=4", "train.progress=false",
+    )  # fmt: skip
+    trainer.tracker = sink = Recorder()
+    started = time.perf_counter()
+    trainer.run()
+    total = time.perf_counter() - started
+    evals = [sink.logged[s] for s in (0, 1, 2)]
+    assert all(m["perf/eval_time_s"] > 0 for m in evals)
+    assert evals[0]["perf/eval_share"] > 0.99  # nothing but the first evaluation has happened yet
+    # the last share is every evaluation's time over the run's wall time so far
+    last = evals[-1]["perf/eval_share"]
+    spent = sum(m["perf/eval_time_s"] for m in evals)
+    assert spent / total <= last <= 1.0 and spent / last <= total
+    assert last < evals[0]["perf/eval_share"]  # two training steps happened in between
