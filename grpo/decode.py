@@ -55,6 +55,20 @@ def forward_names(model: torch.nn.Module) -> tuple[str, str | None]:
     return cache, keep
 
 
+LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scaling")
+"""Config fields of architectures whose causal-LM forward transforms ``head(hidden)`` before returning logits
+(Gemma 2/3 soft-capping, Cohere's scale, Granite's divisor): ``head(hidden)`` alone would not be the policy."""
+
+
+def logits_postprocessing(config) -> str | None:
+    """The config field by which the model transforms ``head(hidden)`` into its logits, or None."""
+    for name in LOGIT_POSTPROCESSING:
+        value = getattr(config, name, None)
+        if value is not None and value != 1:
+            return name
+    return None
+
+
 def _rope_type(config) -> str | None:
     rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
     if not isinstance(rope, dict):
@@ -101,11 +115,8 @@ def fast_path_blocker(model: torch.nn.Module, max_length: int | None = None) -> 
     rope = _rope_type(config)
     if rope not in STATIC_ROPE:
         return f"rotary type {rope!r} is not one of {list(STATIC_ROPE)}"
-    for name in ("final_logit_softcapping", "logit_scale", "logits_scaling"):
-        value = getattr(config, name, None)
-        if value is not None and value != 1:
-            return f"the head's logits are post-processed ({name})"
-    return None
+    post = logits_postprocessing(config)
+    return None if post is None else f"the head's logits are post-processed ({post})"
 
 
 class Decoder(Protocol):

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from grpo.decode import positions, start_decoding
+from grpo.decode import logits_postprocessing, positions, start_decoding
 
 
 @dataclass
@@ -172,18 +172,10 @@ def _chunk_logprobs(head: torch.nn.Module, hidden: Tensor, targets: Tensor, temp
     return torch.gather(F.log_softmax(logits, dim=-1), -1, targets[..., None]).squeeze(-1)
 
 
-_LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scaling")
-"""Config fields of architectures whose causal-LM forward transforms ``head(hidden)`` before returning logits
-(Gemma 2/3 soft-capping, Cohere's scale, Granite's divisor): ``head(hidden)`` alone would not be the policy."""
-
-
 def _backbone_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module] | None:
     """(decoder, output head) when the model's logits are exactly ``head(decoder(...).last_hidden_state)``."""
-    config = getattr(model, "config", None)
-    for name in _LOGIT_POSTPROCESSING:
-        value = getattr(config, name, None)
-        if value is not None and value != 1:
-            return None
+    if logits_postprocessing(getattr(model, "config", None)) is not None:
+        return None
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if decoder is None or head is None or decoder is model:
@@ -207,8 +199,17 @@ def response_logprobs(
 
     The head runs on at most ``chunk_size`` response tokens at a time, gathered over the whole batch.
     """
+    shape = response_ids.shape
+    # columns no row uses (the prompts' common left padding, the responses' common right padding: a subset of a
+    # batch's rows often has some) change nothing but cost compute
+    used = torch.nonzero(prompt_mask.any(0))
+    first = min(int(used[0]), prompt_ids.shape[1] - 1) if len(used) else prompt_ids.shape[1] - 1
+    used = torch.nonzero(response_mask.any(0))
+    last = int(used[-1]) + 1 if len(used) else 0
+    prompt_ids, prompt_mask = prompt_ids[:, first:], prompt_mask[:, first:]
+    response_ids = response_ids[:, :last]
     input_ids = torch.cat([prompt_ids, response_ids], dim=1)
-    mask = torch.cat([prompt_mask, response_mask], dim=1)
+    mask = torch.cat([prompt_mask, response_mask[:, :last]], dim=1)
     n_prompt = prompt_ids.shape[1]
     split = _backbone_and_head(model)
     if split is None:  # no exact split into backbone + head: fall back to the model's full logits
@@ -235,7 +236,6 @@ def response_logprobs(
             with torch.no_grad():
                 ents.append(entropy_from_logits(head(h.detach()).float() / temperature)[1])
 
-    shape = response_ids.shape
     empty = hidden.new_zeros((0,), dtype=torch.float32)
     flat_logp = torch.cat(logps) if logps else empty
     logp = torch.zeros(shape, dtype=torch.float32, device=hidden.device).index_put((rows, cols), flat_logp)

@@ -363,16 +363,21 @@ class Trainer:
         diagnose = cfg.diagnostics.every > 0 and step % cfg.diagnostics.every == 0
         everything = torch.arange(len(batch.rewards))
         if diagnose:
-            logp_all = self.logprobs(
-                batch, everything
-            )  # one forward; each quadrant's gradient reuses its graph
 
-            def loss_for_multiplier(m: Tensor) -> Tensor:
+            def loss_for_multiplier(m: Tensor, logp: Tensor) -> Tensor:
                 return self.loss(
-                    facts, credit, batch, everything, multiplier=m, with_extra=False, logp=logp_all
+                    facts, credit, batch, everything, multiplier=m, with_extra=False, logp=logp
                 ).loss
 
-            metrics.update(quadrant_gradient_diagnostics(self.params, loss_for_multiplier, masks))
+            metrics.update(
+                quadrant_gradient_diagnostics(
+                    self.params,
+                    loss_for_multiplier,
+                    masks,
+                    lambda rows: self.logprobs(batch, rows),
+                    facts.old_logprobs,
+                )
+            )
 
         t1 = time.perf_counter()
         terms_log: list[Any] = []

@@ -194,3 +194,23 @@ def test_top_p_keeps_smallest_set_with_mass():
     kept = top_p_filter(probs.log(), 0.8).isfinite()
     assert kept.tolist() == [[True, True, False, False]]  # 0.5 + 0.3 reaches 0.8
     assert top_p_filter(probs.log(), 0.81).isfinite().tolist() == [[True, True, True, False]]
+
+
+def test_columns_no_row_uses_are_not_computed_and_change_nothing():
+    model = tiny_llama(seed=4)
+    roll = sample(model, PROMPTS * 2, max_new_tokens=9, eos_id=[2, 3], pad_id=0, temperature=2.0,
+                  generator=torch.Generator().manual_seed(3))  # fmt: skip
+    lengths = roll.response_mask.sum(-1)
+    short = torch.nonzero((lengths < lengths.max()) & roll.prompt_mask[:, 0].logical_not()).squeeze(-1)
+    assert len(short) >= 2, "need rows with a shorter prompt and a shorter response"
+    widths: list[int] = []
+    hook = model.model.register_forward_pre_hook(
+        lambda m, a, kw: widths.append(kw["input_ids"].shape[1]), with_kwargs=True
+    )
+    args = (roll.prompt_ids, roll.prompt_mask, roll.response_ids, roll.response_mask)
+    full, _ = response_logprobs(model, *args)
+    part, _ = response_logprobs(model, *(x[short] for x in args))
+    hook.remove()
+    assert widths[0] == roll.prompt_ids.shape[1] + roll.response_ids.shape[1] and widths[1] < widths[0]
+    assert part.shape == (len(short), roll.response_ids.shape[1])
+    assert torch.allclose(part, full[short], atol=1e-6) and (part[~roll.response_mask[short]] == 0).all()
