@@ -1,7 +1,7 @@
 """quadrl's GRPO step against TRL's GRPOTrainer on the same tiny model, prompts, reward and hyper-parameters.
 
     .venv/bin/python benchmarks/bench_trl.py                  # untrained tiny model (build_tiny_model)
-    .venv/bin/python benchmarks/bench_trl.py --model base     # the cached pre-trained arith base model
+    .venv/bin/python benchmarks/bench_trl.py --model base     # the shipped pre-trained arith base model
     .venv/bin/python benchmarks/bench_trl.py --model DIR      # any local Hugging Face model directory
 
 Both frameworks run in this one process and alternate: TRL warm-up, quadrl warm-up, then R rounds of
@@ -115,7 +115,7 @@ class Timer:
 
 
 def prepare_model(spec: str, tmp: Path) -> Path:
-    """'tiny': a fresh build_tiny_model (seed 0) saved to ``tmp``; 'base': the cached arith base model; else a dir."""
+    """'tiny': a fresh build_tiny_model (seed 0) saved to ``tmp``; 'base': the arith base model; else a dir."""
     if spec == "tiny":
         from experiments.base_model import build_tiny_model
         from experiments.tasks.tokenizer import build_char_tokenizer
@@ -127,12 +127,10 @@ def prepare_model(spec: str, tmp: Path) -> Path:
         tokenizer.save_pretrained(out)
         return out
     if spec == "base":
-        from experiments.base_model import ensure_base_model
+        from experiments.base_model import resolve_base_model
 
-        print(
-            "resolving the cached arith base model (builds it, ~8 min, if it is not cached yet)", flush=True
-        )
-        return ensure_base_model("arith", {}, tracking_uri=None)
+        # the shipped models/arith (verified), or a local build when the shipped one does not match the recipe
+        return resolve_base_model("arith", {}, tracking_uri=None).path
     path = Path(spec).expanduser()
     if not (path / "config.json").is_file():
         raise SystemExit(f"--model {spec!r}: not a Hugging Face model directory (no config.json)")
@@ -494,7 +492,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--model",
         default="tiny",
-        help="'tiny' (fresh build_tiny_model), 'base' (cached arith base "
+        help="'tiny' (fresh build_tiny_model), 'base' (the shipped arith base "
         "model) or a local Hugging Face model directory",
     )
     p.add_argument("--steps", type=int, default=5, help="timed steps per framework per round (N)")
