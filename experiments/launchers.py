@@ -27,6 +27,8 @@ from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLaunche
 from omegaconf import OmegaConf
 
 log = logging.getLogger(__name__)
+POLL_S = 0.2
+"""Seconds between checks for finished jobs (a check reads a few files)."""
 
 
 def _failed(overrides: Sequence[str], error: BaseException) -> JobReturn:
@@ -82,11 +84,19 @@ class _CollectingMixin:
                 results.append(_failed(arg[0], error))
         from experiments.sweep import finalize  # here: the plugin scan imports this module in every Hydra app
 
-        finalize(self.config, results)
+        finalize(self.config, results, self._timing())
         return results
 
+    def _poll(self, jobs: list) -> None:
+        """Note when each job is first seen done (its wall time as the launcher sees it: submit to done)."""
+        now = time.perf_counter()
+        for index, job in enumerate(jobs):
+            if index not in self._finished and job.done():
+                self._finished[index] = now
+
     def _progress(self, jobs: list, total: int) -> None:
-        done = sum(j.done() for j in jobs)
+        self._poll(jobs)
+        done = len(self._finished)
         if done != getattr(self, "_last_done", -1):
             self._last_done = done
             elapsed = time.perf_counter() - self._started
@@ -96,21 +106,35 @@ class _CollectingMixin:
 
     def _submit(self, executor, args: list[tuple]) -> list:
         self._started = time.perf_counter()
+        self._submitted: list[float] = []
+        self._finished: dict[int, float] = {}
         if self.max_parallel <= 0:
             return executor.map_array(self, *zip(*args, strict=False))
         jobs: list = []
         for arg in args:  # sliding window: start the next job when one of the running ones ends
-            while sum(not j.done() for j in jobs) >= self.max_parallel:
+            while len(jobs) - len(self._finished) >= self.max_parallel:
                 self._progress(jobs, len(args))
-                time.sleep(1.0)
+                time.sleep(POLL_S)  # a slot left idle costs this much at most
+            self._submitted.append(time.perf_counter())
             jobs.append(executor.submit(self, *arg))
         return jobs
 
     def _wait(self, jobs: list) -> None:
-        while not all(j.done() for j in jobs):
+        while len(self._finished) < len(jobs):
             self._progress(jobs, len(jobs))
-            time.sleep(2.0)
+            time.sleep(POLL_S)
         self._progress(jobs, len(jobs))
+
+    def _timing(self) -> dict[str, Any] | None:
+        """Slot use of a local sweep (None when the cluster schedules the jobs: their queue time is not ours)."""
+        if self.max_parallel <= 0 or not self._submitted:
+            return None
+        walls = [self._finished[i] - t for i, t in enumerate(self._submitted)]
+        return {
+            "slots": self.max_parallel,
+            "wall_s": max(self._finished.values()) - self._started,
+            "job_wall_s": walls,
+        }
 
 
 class CollectingLocalLauncher(_CollectingMixin, LocalLauncher):

@@ -69,8 +69,13 @@ class SweepTracking(Callback):
         finalize(config, None)
 
 
-def finalize(config: DictConfig, results: Sequence[JobReturn] | None) -> dict[str, Any] | None:
-    """Record the sweep's outcome on its parent run (idempotent: the first call with results wins)."""
+def finalize(
+    config: DictConfig, results: Sequence[JobReturn] | None, timing: dict[str, Any] | None = None
+) -> dict[str, Any] | None:
+    """Record the sweep's outcome on its parent run (idempotent: the first call with results wins).
+
+    ``timing`` (local launcher): {"slots", "wall_s", "job_wall_s": [...]}, from which :func:`sweep_efficiency`
+    adds the slot use to the summary, the parent's ``sweep/*`` metrics and the printed summary."""
     enabled, uri, _ = _tracking(config)
     sweep_dir = Path(str(config.hydra.sweep.dir))
     parent = parent_run_id(sweep_dir)
@@ -109,8 +114,13 @@ def finalize(config: DictConfig, results: Sequence[JobReturn] | None) -> dict[st
         "requeued": sum(1 for r in children if RESUMED_TAG in r.data.tags),
         "failed_jobs": failed_jobs,
     }
+    efficiency = sweep_efficiency(timing, children) if timing else None
+    if efficiency:
+        summary["efficiency"] = efficiency
     for key in ("jobs", "runs", "finished", "failed", "killed", "requeued"):
         client.log_metric(parent, f"sweep/{key}", summary[key])
+    for key, value in (efficiency or {}).items():
+        client.log_metric(parent, f"sweep/{key}", value)
     client.set_tag(parent, SWEEP_SUMMARY_TAG, json.dumps(summary)[:5000])
     bad = summary["failed"] + summary["killed"] + len(failed_jobs)
     client.set_terminated(parent, status="FAILED" if bad else "FINISHED")
@@ -120,6 +130,45 @@ def finalize(config: DictConfig, results: Sequence[JobReturn] | None) -> dict[st
         f"{summary['killed']} killed, {summary['requeued']} requeued (parent run {parent})"
     )
     print(line, flush=True)
+    if efficiency:
+        print(efficiency_line(efficiency), flush=True)
     for job in failed_jobs:
         print(f"  FAILED job #{job['job']}: {' '.join(job['overrides'])}: {job['error'][:300]}", flush=True)
     return summary
+
+
+def sweep_efficiency(timing: dict[str, Any], children: Sequence[Any]) -> dict[str, float]:
+    """How well a local sweep used its slots, and what a job spends before it trains.
+
+    efficiency = ideal / wall, ideal = (sum of the jobs' wall times, submit to done) / slots: 1 when no slot is
+    ever idle. The start-up inside a job (process start, imports, Hydra, MLflow run and model load; the jobs log
+    ``perf/startup_s`` and ``perf/setup_s``) is averaged over the runs that logged it, with its share of a job.
+    """
+    walls = list(timing["job_wall_s"])
+    ideal = sum(walls) / timing["slots"]
+    out = {
+        "wall_s": float(timing["wall_s"]),
+        "ideal_s": ideal,
+        "efficiency": ideal / timing["wall_s"] if timing["wall_s"] > 0 else 0.0,
+        "job_wall_mean_s": sum(walls) / len(walls),
+    }
+    for key in ("startup_s", "setup_s"):
+        values = [r.data.metrics[f"perf/{key}"] for r in children if f"perf/{key}" in r.data.metrics]
+        if values:
+            out[f"job_{key.removesuffix('_s')}_mean_s"] = sum(values) / len(values)
+    return out
+
+
+def efficiency_line(e: dict[str, float]) -> str:
+    line = (
+        f"sweep efficiency {e['efficiency']:.3f}: wall {e['wall_s']:.0f} s, ideal {e['ideal_s']:.0f} s "
+        f"(job wall times / slots; a job {e['job_wall_mean_s']:.1f} s on average)"
+    )
+    if "job_startup_mean_s" in e and "job_setup_mean_s" in e:
+        before = e["job_startup_mean_s"] + e["job_setup_mean_s"]
+        line += (
+            f"; before training a job spends {before:.1f} s ({before / e['job_wall_mean_s']:.0%}): "
+            f"{e['job_startup_mean_s']:.1f} s process start + imports, {e['job_setup_mean_s']:.1f} s "
+            "MLflow run + model load"
+        )
+    return line

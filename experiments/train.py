@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -97,8 +98,19 @@ def base_model(cfg: QuadrlConfig, task_params: dict[str, Any]) -> ResolvedBase:
     )
 
 
+def process_age() -> float | None:
+    """Seconds since this process started (Linux /proc, 10 ms resolution; None elsewhere)."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22 of stat: start time in ticks
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def run(raw: DictConfig) -> dict[str, float]:
     """Validate, build, train. Returns the final eval metrics."""
+    startup, entered = process_age(), time.perf_counter()  # what a sweep's jobs spend before training
     cfg: QuadrlConfig = OmegaConf.to_object(raw)  # type: ignore[assignment]
     validate(cfg)
     task_params: dict[str, Any] = OmegaConf.to_container(raw.task, resolve=True)  # type: ignore[assignment]
@@ -179,6 +191,10 @@ def run(raw: DictConfig) -> dict[str, float]:
         trainer = Trainer(cfg, policy, task, intervention, tracker, run_dir)
         if state is not None:
             trainer.load_checkpoint(state)
+        setup = {"perf/setup_s": time.perf_counter() - entered}  # MLflow run, base model, policy load
+        tracker.log_metrics(
+            setup if startup is None else {**setup, "perf/startup_s": startup}, trainer.next_step
+        )
         final = trainer.run()
     except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or submitit exiting after it requeued a preempted job
         tracker.finish("KILLED")

@@ -250,3 +250,20 @@ def test_demo_grid_preset():
         validate(OmegaConf.to_object(job))
         assert job.intervention.name == intervention and job.seed == 1
         assert job.tracking.experiment == "demo-grid"
+
+
+def test_sweep_efficiency_hand_values():
+    from types import SimpleNamespace
+
+    from experiments.sweep import efficiency_line, sweep_efficiency
+
+    def run(**metrics):
+        return SimpleNamespace(data=SimpleNamespace(metrics=metrics))
+
+    timing = {"slots": 2, "wall_s": 10.0, "job_wall_s": [4.0, 5.0, 6.0, 4.0]}
+    children = [run(**{"perf/startup_s": 2.0, "perf/setup_s": 1.0}), run(**{"perf/startup_s": 3.0}), run()]
+    e = sweep_efficiency(timing, children)
+    assert e["ideal_s"] == 9.5 and e["efficiency"] == 0.95 and e["job_wall_mean_s"] == 4.75
+    assert e["job_startup_mean_s"] == 2.5 and e["job_setup_mean_s"] == 1.0
+    line = efficiency_line(e)
+    assert "sweep efficiency 0.950" in line and "3.5 s (74%)" in line

@@ -92,6 +92,7 @@ def run_grid(tmp_path: Path, uri: str) -> None:
     proc = run_cli(cmd, tmp_path, timeout=300, env={"PYTHONPATH": str(REPO)})
     assert proc.returncode == 0, output_of(proc)
     assert f"sweep: {N_JOBS} jobs, {N_JOBS} finished, 0 failed" in proc.stdout, output_of(proc)
+    assert "sweep efficiency " in proc.stdout, output_of(proc)
     # the launcher had all 16 out at once (with max_parallel=2 it would report "2 running")
     assert f"[sweep] 0/{N_JOBS} jobs done, {N_JOBS} running" in proc.stdout, output_of(proc)
 
@@ -128,6 +129,9 @@ def check_runs(uri: str, tmp_path: Path) -> None:
         assert f"seed: {seed}" in Path(config).read_text()
     parent = client.get_run(parent.info.run_id)
     assert parent.data.metrics["sweep/finished"] == N_JOBS
+    # all jobs ran at once: the launcher's ideal (sum of job walls / slots) is at most the wall time
+    assert 0 < parent.data.metrics["sweep/efficiency"] <= 1.0
+    assert parent.data.metrics["sweep/ideal_s"] <= parent.data.metrics["sweep/wall_s"]
     assert parent.info.status == "FINISHED"
     assert not client.search_runs(["0"]), "runs misfiled into the Default experiment"
 
