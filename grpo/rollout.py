@@ -172,6 +172,53 @@ def _chunk_logprobs(head: torch.nn.Module, hidden: Tensor, targets: Tensor, temp
     return torch.gather(F.log_softmax(logits, dim=-1), -1, targets[..., None]).squeeze(-1)
 
 
+def _at_least_float32(x: Tensor) -> Tensor:
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+class _LinearHeadLogprob(torch.autograd.Function):
+    """log softmax(z)[target] and the entropy of softmax(z), z = (h W^T + b) / T, for a plain linear head.
+
+    Only h is kept for backward, where z is rebuilt; the [n, V] tensors are updated in place, so at most two
+    live at once (the logits and their exponentials) instead of the four or so of log_softmax + gather + the
+    entropy's second head pass + autograd's saved outputs. d logp/dz = onehot(target) - softmax(z).
+    The entropy is a detached side output.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, temperature, want_entropy):
+        z = _at_least_float32(F.linear(hidden, weight, bias)).div_(temperature)
+        lse = torch.logsumexp(z, dim=-1)
+        logp = z.gather(-1, targets[:, None]).squeeze(-1) - lse
+        entropy = None
+        if want_entropy:
+            z.sub_(lse[:, None])  # log-probs, in place
+            entropy = -(z.exp().mul_(z)).sum(-1)
+        ctx.save_for_backward(hidden, weight, bias, targets, lse)
+        ctx.temperature = temperature
+        if entropy is not None:
+            ctx.mark_non_differentiable(entropy)
+        return logp, entropy
+
+    @staticmethod
+    def backward(ctx, grad_logp, _grad_entropy):
+        hidden, weight, bias, targets, lse = ctx.saved_tensors
+        z = _at_least_float32(F.linear(hidden, weight, bias)).div_(ctx.temperature)
+        grad_z = z.sub_(lse[:, None]).exp_().mul_(-grad_logp[:, None])  # -g * softmax(z), in place
+        grad_z.scatter_add_(-1, targets[:, None], grad_logp[:, None]).div_(ctx.temperature)
+        grad_z = grad_z.to(weight.dtype)
+        need = ctx.needs_input_grad
+        grad_hidden = grad_z @ weight if need[0] else None
+        grad_weight = grad_z.t() @ hidden if need[1] else None
+        grad_bias = grad_z.sum(0) if bias is not None and need[2] else None
+        return grad_hidden, grad_weight, grad_bias, None, None, None
+
+
+def _plain_linear(head: torch.nn.Module) -> bool:
+    """A torch Linear with nothing hooked in (a peft LoRA head, say, is not): its weights are the whole head."""
+    return type(head) is torch.nn.Linear and not (head._forward_hooks or head._forward_pre_hooks)
+
+
 def _backbone_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module] | None:
     """(decoder, output head) when the model's logits are exactly ``head(decoder(...).last_hidden_state)``."""
     if logits_postprocessing(getattr(model, "config", None)) is not None:
@@ -225,9 +272,17 @@ def response_logprobs(
     flat_hidden, flat_targets = hidden[rows, cols], response_ids[rows, cols]
     logps, ents = [], []
     recompute = torch.is_grad_enabled() and flat_hidden.requires_grad
+    fused = _plain_linear(head)
     for start in range(0, flat_targets.shape[0], chunk_size):
         h = flat_hidden[start : start + chunk_size]
         tgt = flat_targets[start : start + chunk_size]
+        if fused:  # one head pass gives log-probs and entropies; backward rebuilds the logits
+            logp_chunk, ent_chunk = _LinearHeadLogprob.apply(
+                h, head.weight, head.bias, tgt, temperature, with_entropy
+            )
+            logps.append(logp_chunk)
+            ents.append(ent_chunk)
+            continue
         if recompute:  # keep only h for backward; the [n, V] logits are rebuilt there, one chunk at a time
             logps.append(checkpoint(_chunk_logprobs, head, h, tgt, temperature, use_reentrant=False))
         else:

@@ -214,3 +214,39 @@ def test_columns_no_row_uses_are_not_computed_and_change_nothing():
     assert widths[0] == roll.prompt_ids.shape[1] + roll.response_ids.shape[1] and widths[1] < widths[0]
     assert part.shape == (len(short), roll.response_ids.shape[1])
     assert torch.allclose(part, full[short], atol=1e-6) and (part[~roll.response_mask[short]] == 0).all()
+
+
+def test_the_fused_linear_head_has_the_gradient_of_log_softmax():
+    from grpo.rollout import _LinearHeadLogprob
+
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(6, 5, dtype=torch.float64, generator=g, requires_grad=True)
+    w = torch.randn(9, 5, dtype=torch.float64, generator=g, requires_grad=True)
+    b = torch.randn(9, dtype=torch.float64, generator=g, requires_grad=True)
+    targets = torch.randint(0, 9, (6,), generator=g)
+    assert torch.autograd.gradcheck(
+        lambda h, w, b: _LinearHeadLogprob.apply(h, w, b, targets, 0.7, False)[0], (h, w, b)
+    )
+    logp, ent = _LinearHeadLogprob.apply(h, w, b, targets, 0.7, True)
+    want = torch.log_softmax((h @ w.T + b) / 0.7, -1)
+    assert torch.allclose(logp, want.gather(-1, targets[:, None]).squeeze(-1))
+    assert torch.allclose(ent, -(want.exp() * want).sum(-1)) and not ent.requires_grad
+
+
+def test_fused_and_checkpointed_head_paths_agree(monkeypatch):
+    import grpo.rollout as rollout
+
+    model = tiny_llama(seed=5)
+    roll = sample(model, PROMPTS * 2, max_new_tokens=7, eos_id=2, pad_id=0, temperature=1.5,
+                  generator=torch.Generator().manual_seed(2))  # fmt: skip
+    args = (model, roll.prompt_ids, roll.prompt_mask, roll.response_ids, roll.response_mask)
+    results = []
+    for fused in (True, False):
+        monkeypatch.setattr(rollout, "_plain_linear", lambda head, fused=fused: fused)
+        model.zero_grad()
+        logp, ent = response_logprobs(*args, temperature=1.5, chunk_size=5, with_entropy=True)
+        (logp * torch.linspace(-1, 1, logp.numel()).view_as(logp)).sum().backward()
+        results.append((logp.detach(), ent, [p.grad.clone() for p in model.parameters()]))
+    (lf, ef, gf), (lc, ec, gc) = results
+    assert torch.allclose(lf, lc, atol=1e-6) and torch.allclose(ef, ec, atol=1e-6)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(gf, gc, strict=True))
