@@ -240,12 +240,51 @@ def response_logprobs(
     temperature: float = 1.0,
     chunk_size: int = 4096,
     with_entropy: bool = False,
+    buckets: int = 1,
 ) -> tuple[Tensor, Tensor | None]:
     """[B, T] log pi(o_t|s_t) of the given responses (with grad if enabled; 0 on padding), and optionally the
     entropy of softmax(logits / temperature) at each response position (detached).
 
-    The head runs on at most ``chunk_size`` response tokens at a time, gathered over the whole batch.
+    The head runs on at most ``chunk_size`` response tokens at a time, gathered over the rows of a forward.
+    ``buckets`` > 1: the rows are sorted by response length and run as that many forwards, each cut to its own
+    longest prompt and response, so that short responses do not pay for the longest one's padding (the same
+    numbers up to float rounding; the gradient flows through all of them).
     """
+    args = (
+        model,
+        prompt_ids,
+        prompt_mask,
+        response_ids,
+        response_mask,
+        temperature,
+        chunk_size,
+        with_entropy,
+    )
+    if buckets <= 1 or response_ids.shape[0] < 2 * buckets:
+        return _response_logprobs(*args)
+    order = torch.argsort(
+        response_mask.sum(-1) * (prompt_ids.shape[1] + 1) + prompt_mask.sum(-1), stable=True
+    )
+    parts = [
+        _response_logprobs(model, *(x[rows] for x in args[1:5]), *args[5:])
+        for rows in torch.tensor_split(order, buckets)
+    ]
+    inverse = torch.argsort(order)
+    logp = torch.cat([p[0] for p in parts])[inverse]
+    return logp, torch.cat([p[1] for p in parts])[inverse] if with_entropy else None
+
+
+def _response_logprobs(
+    model: torch.nn.Module,
+    prompt_ids: Tensor,
+    prompt_mask: Tensor,
+    response_ids: Tensor,
+    response_mask: Tensor,
+    temperature: float,
+    chunk_size: int,
+    with_entropy: bool,
+) -> tuple[Tensor, Tensor | None]:
+    """:func:`response_logprobs` in one forward."""
     shape = response_ids.shape
     # columns no row uses (the prompts' common left padding, the responses' common right padding: a subset of a
     # batch's rows often has some) change nothing but cost compute

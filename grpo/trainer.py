@@ -245,6 +245,7 @@ class Trainer:
             r.response_mask[rows],
             temperature=self.cfg.sampling.temperature,
             chunk_size=self.cfg.train.logits_chunk,
+            buckets=self.cfg.train.logprob_buckets,
         )
         return logp
 

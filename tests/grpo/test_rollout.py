@@ -250,3 +250,23 @@ def test_fused_and_checkpointed_head_paths_agree(monkeypatch):
     (lf, ef, gf), (lc, ec, gc) = results
     assert torch.allclose(lf, lc, atol=1e-6) and torch.allclose(ef, ec, atol=1e-6)
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(gf, gc, strict=True))
+
+
+def test_length_buckets_give_the_numbers_and_gradients_of_one_forward():
+    model = tiny_llama(seed=6)
+    roll = sample(model, PROMPTS * 4, max_new_tokens=10, eos_id=[2, 3], pad_id=0, temperature=2.0,
+                  generator=torch.Generator().manual_seed(4))  # fmt: skip
+    assert roll.response_mask.sum(-1).unique().numel() > 2, "responses of one length: buckets change nothing"
+    args = (model, roll.prompt_ids, roll.prompt_mask, roll.response_ids, roll.response_mask)
+    results = []
+    for buckets in (1, 3, 100):  # 100 > rows / 2: one forward
+        model.zero_grad()
+        logp, ent = response_logprobs(*args, temperature=2.0, with_entropy=True, buckets=buckets)
+        (logp * torch.linspace(-1, 1, logp.numel()).view_as(logp)).sum().backward()
+        results.append((logp.detach(), ent, [p.grad.clone() for p in model.parameters()]))
+    for logp, ent, grads in results[1:]:
+        assert torch.allclose(logp, results[0][0], atol=1e-6) and torch.allclose(
+            ent, results[0][1], atol=1e-6
+        )
+        assert (logp[~roll.response_mask] == 0).all()
+        assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(grads, results[0][2], strict=True))

@@ -35,6 +35,7 @@ def test_none_equals_plain_grpo_bit_for_bit(tmp_path, sft_model_dir, math_jsonl,
         r.response_ids,
         r.response_mask,
         chunk_size=trainer.cfg.train.logits_chunk,
+        buckets=trainer.cfg.train.logprob_buckets,
     )
     adv = (
         group_advantages(batch.rewards, batch.group_ids, a.scale_adv_by_std, a.adv_eps)[:, None]
