@@ -184,7 +184,7 @@ class Trainer:
         pol.model.eval()
         roll = sample(
             pol.model,
-            [pol.encode_prompt(ex.prompt) for ex in flat],
+            [ids for ex in examples for ids in [pol.encode_prompt(ex.prompt)] * g],  # one encoding per prompt
             max_new_tokens=s.max_new_tokens,
             eos_id=pol.stop_ids,
             pad_id=pol.pad_id,
