@@ -16,7 +16,10 @@ Contenders (``--contenders``):
 - ``plain``: plain GRPO (``intervention=none``), diagnostics off;
 - ``diagnostics``: the same step with the per-quadrant gradient diagnostics on (grpo/diagnostics.py);
 - ``quadrant``: ``intervention=quadrant`` freezing ``neg_low``; ``hapo``: ``intervention=hapo``;
-  ``compose``: hapo then quadrant (``neg_low`` frozen); all three with diagnostics off.
+  ``compose``: hapo then quadrant (``neg_low`` frozen); all three with diagnostics off;
+- ``eval``: not a step: one evaluation (``Trainer.evaluate``: the preset's test prompts, greedy + samples).
+  From it and the step times the script projects evaluation's share of a run's wall time for the preset's
+  schedule (``train.steps``, ``eval.every``, ``diagnostics.every``; start-up, checkpoints and logging aside).
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ INTERVENTIONS: dict[str, dict[str, Any]] = {
         "name": "compose",
         "steps": [{"name": "hapo"}, {"name": "quadrant", "scale": {"neg_low": 0.0}}],
     },
+    "eval": {"name": "none"},
 }
 
 
@@ -83,10 +87,38 @@ def build_trainer(preset: str, overrides: list[str]):
     return trainer, cfg, path, build_intervention
 
 
+def credit_cost(trainer, start, step: int, names: list[str], built: dict, plain_cpu: float) -> None:
+    """What an intervention adds to a step, timed alone: its ``credit()`` (and its own quadrant split, when it
+    has one) on one batch's facts, repeated; as a share of a plain step's CPU time."""
+    import torch
+
+    from grpo.credit import TokenCredit
+    from grpo.quadrants import split_quadrants
+
+    methods = [n for n in names if n in ("quadrant", "hapo", "compose")]
+    if not methods:
+        return
+    trainer.load_checkpoint(copy.deepcopy(start))
+    batch, _ = trainer.rollout()
+    facts = trainer.facts(batch, step)
+    print("\nintervention cost alone (credit() + its quadrant split, 50 repeats, CPU time):")
+    for name in methods:
+        method, repeats = built[name], 50
+        c0 = time.process_time()
+        for _ in range(repeats):
+            credit = method.credit(facts, TokenCredit.grpo_default(facts), torch.Generator().manual_seed(0))
+            split = method.quadrant_split()
+            if split is not None:
+                split_quadrants(facts, split)
+        ms = (time.process_time() - c0) / repeats * 1e3
+        assert credit.weights.shape == facts.response_mask.shape
+        print(f"  {name:<10} {ms:7.2f} ms = {ms / 1e3 / plain_cpu:.2%} of a plain step")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="quadrant_study", help="conf/experiment/<preset>.yaml (its settings)")
-    p.add_argument("--contenders", default="plain,diagnostics,quadrant,hapo,compose")
+    p.add_argument("--contenders", default="plain,diagnostics,quadrant,hapo,compose,eval")
     p.add_argument("--rounds", type=int, default=7, help="rounds; every contender runs one step per round")
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
     p.add_argument("--threads", type=int, default=1, help="torch threads (the study's jobs use 1)")
@@ -107,7 +139,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     load_start = os.getloadavg()[0]
     trainer, cfg, path, build_intervention = build_trainer(args.preset, args.overrides)
-    every = cfg.diagnostics.every if cfg.diagnostics.every > 0 else 10
+    preset_diagnostics = cfg.diagnostics.every > 0
+    every = cfg.diagnostics.every if preset_diagnostics else 10
     step = args.step - args.step % every  # a step the diagnostics fire at
     built = {n: build_intervention(INTERVENTIONS[n]) for n in names}
     default_split = trainer.diag_split
@@ -131,11 +164,13 @@ def main(argv: list[str] | None = None) -> None:
             trainer.diag_split = built[name].quadrant_split() or default_split
             cfg.diagnostics.every = every if name == "diagnostics" else 0
             c0, w0 = time.process_time(), time.perf_counter()
-            metrics = trainer.step(step)
+            metrics = trainer.evaluate(step) if name == "eval" else trainer.step(step)
             dw, dc = time.perf_counter() - w0, time.process_time() - c0
             if r >= args.warmup:
                 wall[name].append(dw)
                 cpu[name].append(dc)
+            if name == "eval":
+                continue
             n_tokens = round(metrics["train/response_len"] * cfg.algo.prompts_per_step * cfg.algo.group_size)
             if tokens.setdefault(name, n_tokens) != n_tokens:
                 raise SystemExit(
@@ -156,10 +191,24 @@ def main(argv: list[str] | None = None) -> None:
             f"{name:<14}{statistics.median(wall[name]):>16.3f}{statistics.median(cpu[name]):>16.3f}"
             f"{wall_ratio:>12.3f}{cpu_ratio:>12.3f}"
         )
+    credit_cost(trainer, start, step, names, built, statistics.median(cpu["plain"]))
     print(
         f"\nresponse tokens per step: {tokens['plain']} (the same for every contender: same state, same samples)"
     )
     print("goals: diagnostics <= 2x plain; each intervention <= 1.05x plain")
+    if "eval" in names:
+        steps, every_eval = cfg.train.steps, cfg.eval.every
+        n_evals = 1 + (steps // every_eval if every_eval > 0 else 1)
+        n_diag = len(range(0, steps, every)) if "diagnostics" in names and preset_diagnostics else 0
+        for label, times in (("wall", wall), ("CPU", cpu)):
+            e, plain = statistics.median(times["eval"]), statistics.median(times["plain"])
+            d = statistics.median(times["diagnostics"]) if n_diag else plain
+            share = n_evals * e / (n_evals * e + (steps - n_diag) * plain + n_diag * d)
+            print(
+                f"evaluation ({label}): {e:.2f} s = {e / plain:.1f} plain steps; {n_evals} evaluations in a "
+                f"{steps}-step run with {n_diag} diagnostic steps -> evaluation is {share:.1%} of the loop "
+                "(goal <= 25%)"
+            )
     load_end = os.getloadavg()[0]
     print(f"1-min load average: {load_start:.1f} at start, {load_end:.1f} at end ({os.cpu_count()} cores)")
     if max(load_start, load_end) > args.threads + 0.5:
