@@ -179,9 +179,11 @@ def _at_least_float32(x: Tensor) -> Tensor:
 class _LinearHeadLogprob(torch.autograd.Function):
     """log softmax(z)[target] and the entropy of softmax(z), z = (h W^T + b) / T, for a plain linear head.
 
-    Only h is kept for backward, where z is rebuilt; the [n, V] tensors are updated in place, so at most two
-    live at once (the logits and their exponentials) instead of the four or so of log_softmax + gather + the
-    entropy's second head pass + autograd's saved outputs. d logp/dz = onehot(target) - softmax(z).
+    Only h is kept for backward, where z is rebuilt; the [n, V] tensors are updated in place where they can be,
+    so at most two live at once instead of the four or so of log_softmax + gather + the entropy's second head
+    pass + autograd's saved outputs. d logp/dz = onehot(target) - softmax(z). Batched gradients
+    (``torch.autograd.grad(..., is_grads_batched=True)``) work: measured no faster than separate backward
+    passes on CPU, where the backward is compute-bound.
     The entropy is a detached side output.
     """
 
@@ -204,7 +206,10 @@ class _LinearHeadLogprob(torch.autograd.Function):
     def backward(ctx, grad_logp, _grad_entropy):
         hidden, weight, bias, targets, lse = ctx.saved_tensors
         z = _at_least_float32(F.linear(hidden, weight, bias)).div_(ctx.temperature)
-        grad_z = z.sub_(lse[:, None]).exp_().mul_(-grad_logp[:, None])  # -g * softmax(z), in place
+        probs = z.sub_(lse[:, None]).exp_()  # softmax(z), in place
+        # out of place: under vmap (batched gradients, grpo/diagnostics.py) grad_logp is batched, probs is not
+        grad_z = probs * -grad_logp[:, None]
+        del probs, z
         grad_z.scatter_add_(-1, targets[:, None], grad_logp[:, None]).div_(ctx.temperature)
         grad_z = grad_z.to(weight.dtype)
         need = ctx.needs_input_grad

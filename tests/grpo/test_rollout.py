@@ -231,6 +231,12 @@ def test_the_fused_linear_head_has_the_gradient_of_log_softmax():
     want = torch.log_softmax((h @ w.T + b) / 0.7, -1)
     assert torch.allclose(logp, want.gather(-1, targets[:, None]).squeeze(-1))
     assert torch.allclose(ent, -(want.exp() * want).sum(-1)) and not ent.requires_grad
+    # batched vector-Jacobian products (vmap over the backward) equal separate ones
+    vs = torch.randn(2, 6, dtype=torch.float64, generator=g)
+    batched = torch.autograd.grad(logp, (h, w, b), vs, retain_graph=True, is_grads_batched=True)
+    for k in range(2):
+        single = torch.autograd.grad(logp, (h, w, b), vs[k], retain_graph=True)
+        assert all(torch.allclose(x[k], y) for x, y in zip(batched, single, strict=True))
 
 
 def test_fused_and_checkpointed_head_paths_agree(monkeypatch):
