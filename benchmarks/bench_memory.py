@@ -3,6 +3,7 @@ against TRL's.
 
     .venv/bin/python benchmarks/bench_memory.py                # 128k vocabulary, 16 x 512 tokens, hidden 256
     .venv/bin/python benchmarks/bench_memory.py --no-step      # only the log-prob pass
+    .venv/bin/python benchmarks/bench_memory.py --no-logprob   # only quadrl's step against TRL's
     .venv/bin/python benchmarks/bench_memory.py --vocab 151936 --rows 8 --tokens 1024
 
 1. The log-prob + entropy pass, with gradient. A one-layer Llama (hidden 256, untied head) scores ``rows`` x
@@ -185,8 +186,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--naive-full", action="store_true", help="measure the naive pass at full size regardless")
     p.add_argument(
-        "--step", action=argparse.BooleanOptionalAction, default=True, help="also quadrl vs TRL RSS"
+        "--step", action=argparse.BooleanOptionalAction, default=True, help="quadrl vs TRL step RSS"
     )
+    p.add_argument("--logprob", action=argparse.BooleanOptionalAction, default=True, help="the log-prob pass")
     p.add_argument("--model", default="tiny", help="bench_trl.py's --model for the step comparison")
     p.add_argument("--child", choices=["quadrl", "naive"], default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -197,7 +199,8 @@ def main(argv: list[str] | None = None) -> None:
         result = child(args.child, args.vocab, args.rows, args.tokens, args.hidden, args.chunk)
         print("BENCH_MEMORY " + json.dumps(result))
         return
-    logprob_pass(args)
+    if args.logprob:
+        logprob_pass(args)
     if args.step:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         step_rss(args)
