@@ -46,7 +46,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
 from experiments.tasks import make_task
 from experiments.tasks import task_params as task_params_spec
-from experiments.tasks.base import Example, Task
+from experiments.tasks.base import Example, Task, score_completions
 from experiments.tasks.tokenizer import BUILTIN_ALPHABET, build_char_tokenizer, char_vocab
 
 BASE_MODEL_VERSION = "1"
@@ -174,11 +174,13 @@ def evaluate_accuracy(
                 pad_id=encoder.pad,
                 greedy=True,
             )
-            for i, ex in enumerate(chunk):
+            texts = []
+            for i in range(len(chunk)):
                 ids = rollout.response_ids[i][rollout.response_mask[i]].tolist()
                 if encoder.eos in ids:
                     ids = ids[: ids.index(encoder.eos)]
-                total += task.reward(ex, tokenizer.decode(ids, skip_special_tokens=True))
+                texts.append(tokenizer.decode(ids, skip_special_tokens=True))
+            total += sum(score_completions(task, chunk, texts).rewards)
     finally:
         model.train(was_training)
     return total / max(1, len(examples))
@@ -196,21 +198,11 @@ class _Tracker:
         if uri is None:
             return
         from mlflow.entities import Param
-        from mlflow.exceptions import MlflowException
-        from mlflow.tracking import MlflowClient
 
-        self.client = MlflowClient(tracking_uri=uri)
-        experiment = self.client.get_experiment_by_name(MLFLOW_EXPERIMENT)
-        if experiment is None:
-            try:
-                experiment_id = self.client.create_experiment(MLFLOW_EXPERIMENT)
-            except MlflowException:  # created concurrently by another process
-                experiment = self.client.get_experiment_by_name(MLFLOW_EXPERIMENT)
-                if experiment is None:
-                    raise
-                experiment_id = experiment.experiment_id
-        else:
-            experiment_id = experiment.experiment_id
+        from experiments.tracking import ensure_experiment, tracking_client
+
+        experiment_id = ensure_experiment(uri, MLFLOW_EXPERIMENT)
+        self.client = tracking_client(uri)
         run = self.client.create_run(experiment_id, run_name=run_name, tags=tags)
         self.run_id = run.info.run_id
         flat = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
