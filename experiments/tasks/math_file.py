@@ -216,6 +216,7 @@ class MathFileTask:
             workers=verify_workers,
             default=False,
             name=self.name,
+            preload=("math_verify.grader", "math_verify.parser"),
         )
         self.max_new_tokens = int(max_new_tokens)
         fields = {

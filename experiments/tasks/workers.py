@@ -20,6 +20,7 @@ function it runs must be a module-level function of picklable arguments that ret
 
 from __future__ import annotations
 
+import importlib
 import logging
 import multiprocessing
 import os
@@ -67,6 +68,9 @@ def _shutdown(pool: ProcessPool) -> None:
 class VerifierPool:
     """Calls ``fn(*args)`` in ``workers`` processes, each call killed after ``timeout_s`` seconds.
 
+    ``preload``: modules the calls need, imported in this process before the first worker starts, so that no
+    worker (a replacement included) spends its deadline importing them.
+
     The processes start at the first :meth:`map` and stop with the pool (:meth:`close`, garbage collection or
     interpreter exit). Safe to use from any thread, and from several at once.
     """
@@ -79,6 +83,7 @@ class VerifierPool:
         workers: int | None = None,
         default: Any = None,
         name: str = "verifier",
+        preload: Sequence[str] = (),
     ):
         if timeout_s <= 0:
             raise ValueError(f"{name}: the verification timeout must be > 0 s, got {timeout_s}")
@@ -87,6 +92,7 @@ class VerifierPool:
                 f"{name}: verify_workers must be >= 1 or null (all cores, at most 8), got {workers}"
             )
         self.fn, self.timeout_s, self.default, self.name = fn, float(timeout_s), default, name
+        self.preload = tuple(preload)
         self.workers = workers or default_workers()
         self._pool: ProcessPool | None = None
         self._lock = threading.Lock()
@@ -95,6 +101,8 @@ class VerifierPool:
     def _started(self) -> ProcessPool:
         with self._lock:
             if self._pool is None:
+                for module in self.preload:  # imported once here, inherited by every (re)started worker
+                    importlib.import_module(module)
                 methods = multiprocessing.get_all_start_methods()
                 context = multiprocessing.get_context("fork" if "fork" in methods else None)
                 self._pool = ProcessPool(max_workers=self.workers, context=context)
