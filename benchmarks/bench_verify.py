@@ -11,6 +11,9 @@ issue 14). Printed per mode: the time to score, the time until the child process
 leaves work behind shows up here), the number of non-zero rewards (must be 0) and, when the task reports them,
 timeouts and errors. With ``--python`` the children run another interpreter, e.g. another checkout's venv,
 to measure its code: ``--python /path/to/other/.venv/bin/python``.
+
+``--overhead`` measures instead why the built-in tasks verify in-process: the cost of their verifiers per batch
+of 128 completions against the cost of one round trip of the same batch through a ``VerifierPool``.
 """
 
 from __future__ import annotations
@@ -74,6 +77,35 @@ def child(args: argparse.Namespace) -> None:
     print("RESULT " + json.dumps(out), flush=True)
 
 
+def echo(answer: str, completion: str) -> bool:
+    return answer == completion
+
+
+def overhead(batch: int = 128, rounds: int = 20) -> None:
+    from experiments.tasks import make_task
+    from experiments.tasks.base import score_completions
+    from experiments.tasks.workers import VerifierPool
+
+    for name in ("arith", "countdown"):
+        task = make_task(name)
+        examples = [task.test()[i % len(task.test())] for i in range(batch)]
+        completions = [ex.target for ex in examples]  # right answers: the verifier's full path
+        start = time.perf_counter()
+        for _ in range(rounds):
+            score_completions(task, examples, completions)
+        print(f"  {name:9s}: {1e3 * (time.perf_counter() - start) / rounds:7.2f} ms per {batch} in-process")
+    pool = VerifierPool(echo, timeout_s=5, workers=2, name="bench")
+    calls = [(str(i), str(i)) for i in range(batch)]  # distinct: none deduplicated
+    pool.map(calls)  # start the workers
+    start = time.perf_counter()
+    for _ in range(rounds):
+        pool.map(calls)
+    print(
+        f"  pool     : {1e3 * (time.perf_counter() - start) / rounds:7.2f} ms per {batch} (2 workers, trivial call)"
+    )
+    pool.close()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=64, help="hostile completions per batch (default 64)")
@@ -82,8 +114,14 @@ def main() -> None:
     p.add_argument("--limit", type=float, default=180, help="kill a child after this many seconds")
     p.add_argument("--python", default=sys.executable, help="interpreter for the children")
     p.add_argument("--modes", default="main,thread", help="main, thread or both (default)")
+    p.add_argument(
+        "--overhead", action="store_true", help="built-in verifiers in-process vs a pool round trip"
+    )
     p.add_argument("--child", choices=["main", "thread"], help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.overhead:
+        overhead()
+        return
     if args.child:
         child(args)
         return
