@@ -159,7 +159,12 @@ class SweepTracking(Callback):
         parent = run.info.run_id
         view = json.dumps(comparison_view(parent))
         client.set_experiment_tag(experiment_id, SHARED_VIEW_TAG + share_key(parent), view)
-        (sweep_dir / SWEPT_FILE).write_text(json.dumps(swept_keys(config)))
+        try:
+            (sweep_dir / SWEPT_FILE).write_text(json.dumps(swept_keys(config)))
+        except Exception as exc:  # noqa: BLE001 - the jobs then keep their plain names; the sweep still runs
+            log.warning(
+                "could not tell which keys the sweep varies (%s): jobs keep their plain run names", exc
+            )
         (sweep_dir / PARENT_FILE).write_text(parent)
         log.info("MLflow parent run %s (experiment %s, %s)", parent, experiment, uri)
         for line in ui_lines(uri, experiment_id, parent):
