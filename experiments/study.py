@@ -40,14 +40,16 @@ def first_values(overrides: list[str]) -> list[str]:
     return out
 
 
-def study_config(preset: str, overrides: list[str], hydra: bool = True):
-    """The composed config of the study's first job (with Hydra's own node unless ``hydra=False``)."""
+def study_config(preset: str, overrides: list[str], with_hydra: bool = True):
+    """The composed config of the study's first job (with Hydra's own node unless ``with_hydra=False``)."""
     from grpo.config import register_configs
 
     register_configs()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
         return compose(
-            "config", overrides=[f"experiment={preset}", *first_values(overrides)], return_hydra_config=hydra
+            "config",
+            overrides=[f"experiment={preset}", *first_values(overrides)],
+            return_hydra_config=with_hydra,
         )
 
 
@@ -70,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:  # a refused value costs seconds here, not a base-model build and a sweep of failed jobs
         cfg = study_config(args.preset, args.overrides)
-        check(study_config(args.preset, args.overrides, hydra=False))
+        check(study_config(args.preset, args.overrides, with_hydra=False))
     except (HydraException, OmegaConfBaseException, ConfigError) as exc:
         print(f"quadrl-study: error: {exc}", file=sys.stderr)
         return 2
