@@ -6,7 +6,9 @@ on the main thread its alarm-based limit fires late (~2.5 s under a 2 s limit), 
 waiting thread never runs again, so the whole process hangs. Only a separate process, killed at the deadline,
 bounds that. pebble kills a worker whose call runs past ``timeout_s`` (counted from when the worker starts it)
 and starts a replacement, so a batch of n calls costs at most about ceil(n / workers) x timeout_s, whatever
-the answers are and whichever thread waits.
+the answers are and whichever thread waits. (``concurrent.futures.ProcessPoolExecutor`` cannot do this: it has
+no way to stop one running call, and a worker killed from outside breaks the whole pool, failing every call
+in flight, so each timeout would cost a new pool and a re-run of the batch's other calls.)
 
 Workers are forked from the calling process (``fork``, where the platform has it), the way torch's DataLoader
 starts its workers: a replacement then costs milliseconds, the verifier's imports are inherited, and the
