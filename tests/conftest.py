@@ -149,3 +149,20 @@ def make_trainer(tmp_path: Path, model_dir: Path, jsonl: Path, *overrides: str, 
     policy = load_policy(cfg.model, model_dir, need_reference=cfg.algo.beta > 0, seed=cfg.seed)
     intervention = build_intervention(OmegaConf.to_container(raw.intervention))
     return Trainer(cfg, policy, task, intervention, NullSink(), tmp_path)
+
+
+FORK_PARAMS = {"length": 6, "decisive": 2, "n_test": 20, "test_pool_fraction": 0.5}
+"""A small fork task (60 patterns, 4 free letters per response): cheap to enumerate, quick to learn."""
+
+
+@pytest.fixture(scope="session")
+def fork_model_dir(tmp_path_factory) -> Path:
+    """The default tiny architecture SFT-ed on the small fork task into fork's band (greedy accuracy >= 0.9, ~80
+    steps): a policy with partial success probabilities (~0.65), whose exact values the fork task enumerates."""
+    from experiments.base_model import SFTRecipe, pretrain
+
+    out = tmp_path_factory.mktemp("fork_model")
+    recipe = SFTRecipe(seed=0, allow_out_of_band=True, max_steps=150)
+    meta = pretrain("fork", FORK_PARAMS, out, recipe, max_seconds=240, tracking_uri=None)
+    assert meta["in_band"], meta["history"]
+    return out
