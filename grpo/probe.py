@@ -203,6 +203,7 @@ class CreditProbe:
     plan: ProbePlan
 
 
+@torch.no_grad()
 def _probs_at(
     model: torch.nn.Module, rollout: Rollout, rows: Tensor, cols: Tensor, temperature: float
 ) -> Tensor:

@@ -36,7 +36,15 @@ def test_format_reward_and_sft_targets(fork):
     decisive = [i for i, c in enumerate(pattern) if c != "."]
     wrong = list(ex.target)
     wrong[decisive[0]] = "l" if wrong[decisive[0]] == "r" else "r"
-    for bad in ["".join(wrong), ex.target + "l", ex.target[:-1], ex.target[:-1] + "x", " " + ex.target, "", None]:
+    for bad in [
+        "".join(wrong),
+        ex.target + "l",
+        ex.target[:-1],
+        ex.target[:-1] + "x",
+        " " + ex.target,
+        "",
+        None,
+    ]:
         assert fork.reward(ex, bad) == 0.0
     free = [i for i in range(10) if i not in decisive]
     flipped = list(ex.target)
@@ -96,12 +104,15 @@ def test_exact_values_match_brute_force_sequence_probabilities(small):
         )
         with torch.no_grad():
             brute = logp.double().sum(-1).exp()
-        exact = exact_values(policy, task, [ex], [responses[0]], temperature=1.0, max_new_tokens=task.max_new_tokens)[0]
+        exact = exact_values(
+            policy, task, [ex], [responses[0]], temperature=1.0, max_new_tokens=task.max_new_tokens
+        )[0]
         assert exact.value[0] == pytest.approx(float(brute.sum()), rel=1e-4)
         # after the first letter of responses[0], only the responses that share it count
         first = rewarded[0][0]
         assert exact.value[1] == pytest.approx(
-            float(sum(p for p, s in zip(brute, rewarded, strict=True) if s[0] == first) / logp[0, 0].exp()), rel=1e-4
+            float(sum(p for p, s in zip(brute, rewarded, strict=True) if s[0] == first) / logp[0, 0].exp()),
+            rel=1e-4,
         )
         assert exact.value[-1] == 1.0 and exact.delta[-1] == pytest.approx(1.0 - exact.value[-2])
         assert 0.0 <= max(exact.leak) < 0.05
@@ -111,7 +122,9 @@ def test_exact_values_off_the_tree_are_zero(small):
     task, policy = small
     ex = task.test()[0]
     vocab = policy.tokenizer.get_vocab()
-    wrong = "".join("r" if c == "l" else "l" if c == "r" else "l" for c in ex.meta["pattern"])  # every branch wrong
+    wrong = "".join(
+        "r" if c == "l" else "l" if c == "r" else "l" for c in ex.meta["pattern"]
+    )  # every branch wrong
     ids = [vocab[c] for c in wrong] + [policy.eos_id]
     exact = exact_values(policy, task, [ex], [ids], temperature=1.0, max_new_tokens=task.max_new_tokens)[0]
     first_decisive = next(i for i, c in enumerate(ex.meta["pattern"]) if c != ".")
@@ -164,7 +177,9 @@ def probe_fit(task, policy, seed: int, n_prompts: int, k: int = 16) -> Fit:
     probe = probe_credit(policy, task, batch, cfg, sampling, AlgoConfig(), generator)
     r = batch.rollout
     responses = [r.response_ids[i][r.response_mask[i]].tolist() for i in range(len(batch.rewards))]
-    exact = exact_values(policy, task, batch.examples, responses, temperature=1.0, max_new_tokens=task.max_new_tokens)
+    exact = exact_values(
+        policy, task, batch.examples, responses, temperature=1.0, max_new_tokens=task.max_new_tokens
+    )
     return goodness_of_fit(probe, exact, k)
 
 
