@@ -42,7 +42,7 @@ from omegaconf import OmegaConf
 from torch import Tensor
 
 import interventions
-from grpo.credit import Intervention, TokenCredit, build_intervention, registered
+from grpo.credit import Intervention, TokenCredit, TokenFacts, build_intervention, registered
 from grpo.probe import CreditProbe, spearman
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -102,7 +102,7 @@ def entries() -> list[Entry]:
     named = {str(c.get("name", "none")) for c in configs.values()}
     configs.update({name: {"name": name} for name in sorted(registered()) if name not in named})
     out = []
-    for label, values in configs.items():
+    for label, values in sorted(configs.items(), key=lambda item: (item[0] != "none", item[0])):
         try:
             out.append(Entry(label, build_intervention(values)))
         except Exception as exc:  # e.g. compose without steps: listed, not scored
@@ -110,9 +110,11 @@ def entries() -> list[Entry]:
     return out
 
 
-def _notes(method: Intervention, credit: TokenCredit) -> str:
+def _notes(method: Intervention, facts: TokenFacts, credit: TokenCredit) -> str:
     notes = []
-    if type(method).extra_loss is not Intervention.extra_loss:
+    rows = torch.arange(facts.response_mask.shape[0])
+    # asked, not read off the class: compose delegates extra_loss to its steps, which may have none
+    if method.extra_loss(facts, credit, facts.old_logprobs, rows) is not None:
         notes.append("also a loss term on the current log-probs (not in c_t)")
     if not credit.clip:
         notes.append("unclipped surrogate")
@@ -183,5 +185,5 @@ def scoreboard(probe: CreditProbe, methods: list[Entry], z: float, seed: int = 0
         except Exception as exc:  # e.g. a method that needs an adapter or hidden states the facts lack
             out.append(Score.unscored(entry.label, f"cannot score: {exc}"))
             continue
-        out.append(score_credit(probe, credit, z, entry.label, _notes(entry.method, credit)))
+        out.append(score_credit(probe, credit, z, entry.label, _notes(entry.method, facts, credit)))
     return out

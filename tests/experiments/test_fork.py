@@ -111,7 +111,10 @@ def test_exact_values_match_brute_force_sequence_probabilities(small):
         # after the first letter of responses[0], only the responses that share it count
         first = rewarded[0][0]
         assert exact.value[1] == pytest.approx(
-            float(sum(p for p, s in zip(brute, rewarded, strict=True) if s[0] == first) / logp[0, 0].exp()),
+            float(
+                sum(p for p, s in zip(brute, rewarded, strict=True) if s[0] == first)
+                / logp[0, 0].detach().exp()
+            ),
             rel=1e-4,
         )
         assert exact.value[-1] == 1.0 and exact.delta[-1] == pytest.approx(1.0 - exact.value[-2])

@@ -71,5 +71,7 @@ def test_every_preset_and_every_registered_method_is_scored(monkeypatch):
     assert not math.isnan(scores["zz_recorded"].rho_within)
     assert scores["zz_broken"].note == "cannot score: needs an adapter"
     assert "current log-probs" in scores["kl_cov"].note and "unclipped" in scores["kl_cov"].note
+    assert scores["compose"].note == ""  # hapo then quadrant: compose delegates extra_loss, and gets none
+    assert labels[0] == "none"  # the reference row first
     assert scores["only_pos_high"].favoured == pytest.approx(1 / 6)  # pos_high: r0t0 under the batch split
     assert math.isnan(scores["none"].favoured)
