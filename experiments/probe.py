@@ -29,14 +29,14 @@ from experiments import scoreboard as board
 from experiments.probe_report import write_report
 from experiments.tasks import make_task
 from experiments.tracking import Tracker, flatten, git_commit
-from experiments.train import job_overrides, model_path
+from experiments.train import base_model, job_overrides
 from grpo import checkpoint
 from grpo.checks import ConfigError
 from grpo.config import QuadrlConfig, register_configs, validate
 from grpo.model import load_policy
 from grpo.probe import ProbePlan, credit_summary, probe_credit
 from grpo.trainer import sample_groups
-from runrecord import OVERRIDES_TAG
+from runrecord import BASE_MODEL_TAG, OVERRIDES_TAG
 
 register_configs()
 
@@ -95,7 +95,9 @@ def run(raw: DictConfig) -> dict[str, float]:
     tracker.start(None, name, flatten(OmegaConf.to_container(raw, resolve=True)), tags)
     status = "FAILED"
     try:
-        policy = load_policy(cfg.model, model_path(cfg, task_params), need_reference=False, seed=cfg.seed)
+        base = base_model(cfg, task_params)
+        tracker.set_tags({BASE_MODEL_TAG: base.tag})
+        policy = load_policy(cfg.model, base.path, need_reference=False, seed=cfg.seed)
         if state is not None:
             policy.load_trainable_state(state["model"])
         generator = torch.Generator().manual_seed(cfg.seed)
