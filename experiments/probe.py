@@ -26,15 +26,16 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from experiments import scoreboard as board
-from experiments.probe_report import write_report
+from experiments.probe_report import Section, write_report
 from experiments.tasks import make_task
+from experiments.tasks.fork import agreement, as_probe
 from experiments.tracking import Tracker, flatten, git_commit
 from experiments.train import base_model, job_overrides
 from grpo import checkpoint
 from grpo.checks import ConfigError
 from grpo.config import QuadrlConfig, register_configs, validate
 from grpo.model import load_policy
-from grpo.probe import ProbePlan, credit_summary, probe_credit
+from grpo.probe import CreditProbe, ProbePlan, credit_summary, probe_credit
 from grpo.trainer import sample_groups
 from runrecord import BASE_MODEL_TAG, OVERRIDES_TAG
 
@@ -48,6 +49,12 @@ def report_dir(cfg: QuadrlConfig) -> Path:
         return Path(HydraConfig.get().runtime.output_dir) / "probe_report"
     except ValueError:  # called outside a Hydra app (tests)
         return Path.cwd() / "probe_report"
+
+
+def responses(probe: CreditProbe) -> list[list[int]]:
+    """The probed responses' token ids (stop token included when produced)."""
+    r = probe.plan.batch.rollout
+    return [r.response_ids[i][r.response_mask[i]].tolist() for i in range(len(probe.plan.batch.rewards))]
 
 
 def checkpoint_state(cfg: QuadrlConfig) -> dict[str, Any] | None:
@@ -75,8 +82,7 @@ def run(raw: DictConfig) -> dict[str, float]:
         cfg.sampling.max_new_tokens = raw.sampling.max_new_tokens = int(task.max_new_tokens)
     methods = board.entries() if p.scoreboard else []
     state = checkpoint_state(cfg)
-    split = task.test() if p.split == "test" else task.train()
-    examples = list(split[: p.n_prompts])
+    examples = list((task.test() if p.split == "test" else task.train())[: p.n_prompts])
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
     out_dir = report_dir(cfg)
@@ -125,10 +131,43 @@ def run(raw: DictConfig) -> dict[str, float]:
         )
         if bar is not None:
             bar.close()
-        summary = credit_summary(result, cfg.diagnostics.split)
+        quadrants = cfg.diagnostics.split
+        summary = credit_summary(result, quadrants)
         scores = board.scoreboard(result, methods, p.no_credit_z, cfg.seed)
         metrics = {**summary, **{k: v for s in scores for k, v in s.metrics().items()}}
-        report = write_report(out_dir, result, summary, scores, policy, cfg, task_params["name"])
+        sections = [Section("Monte Carlo estimate", "", result, summary, scores)]
+        notes: list[str] = []
+        exact_values = getattr(task, "exact_values", None)
+        if p.exact and exact_values is not None and cfg.sampling.top_p == 1.0:
+            exact = exact_values(
+                policy,
+                result.plan.batch.examples,
+                responses(result),
+                temperature=cfg.sampling.temperature,
+                max_new_tokens=int(cfg.sampling.max_new_tokens),
+            )
+            truth = as_probe(result, exact, p.skip_tol)
+            fit = agreement(result, exact, p.k)
+            exact_summary = credit_summary(truth, quadrants)
+            exact_scores = board.scoreboard(truth, methods, p.no_credit_z, cfg.seed)
+            sections.append(
+                Section("Exact credit (the task enumerates V)", "_exact", truth, exact_summary, exact_scores)
+            )
+            notes.append(
+                f"Estimate vs exact V: Z = {fit.z:.2f} over {fit.states} states (~ N(0, 1) if the estimates are "
+                f"Binomial(k, V) / k; experiments/tasks/fork.py, agreement), {fit.nonzero_off_tree} off-tree states "
+                "estimated above 0 (must be 0)."
+            )
+            metrics.update({"probe/agreement_z": fit.z, "probe/agreement_states": float(fit.states)})
+            metrics.update({"probe_exact/" + k.partition("/")[2]: v for k, v in exact_summary.items()})
+            metrics.update(
+                {
+                    "scoreboard_exact/" + k.partition("/")[2]: v
+                    for s in exact_scores
+                    for k, v in s.metrics().items()
+                }
+            )
+        report = write_report(out_dir, sections, policy, cfg, task_params["name"], notes)
         tracker.log_metrics(metrics, 0)
         if tracker.enabled:
             tracker.client.log_artifacts(tracker.run_id, str(out_dir), "probe_report")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import csv
 import math
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import matplotlib
@@ -124,30 +124,21 @@ def _save(fig: plt.Figure, stem: Path) -> None:
     plt.close(fig)
 
 
-def markdown(
-    probe: CreditProbe, summary: dict[str, float], scores: Sequence[Score], cfg: QuadrlConfig, task: str
-) -> str:
-    p, f = cfg.probe, probe.facts
-    n_resp = f.rewards.numel()
-    model = cfg.model.source if cfg.model.source == "builtin" else str(cfg.model.path)
-    lines = [
-        f"# Where credit sits: task `{task}`, model `{model}`"
-        + (f", checkpoint `{p.checkpoint}`" if p.checkpoint else ""),
-        "",
-        f"{n_resp} responses ({probe.plan.groups_kept} prompts x {p.group_size}) of the `{p.split}` split, seed "
-        f"{cfg.seed}, temperature {cfg.sampling.temperature}, top-p {cfg.sampling.top_p}; mean reward "
-        f"{fmt(summary['probe/reward_mean'])}, mean V(s_0) {fmt(summary['probe/value_start_mean'])}.",
-        f"k = {p.k} continuations per state, skip_tol = {p.skip_tol} ({fmt(summary['probe/certain_share'])} of the "
-        f"tokens certain: delta = 0 there), I_t at `{p.info_positions}` positions"
-        + (f" ({p.info_per_response} per response)" if p.info_positions == "top_entropy" else "")
-        + f" over candidates with pi >= {p.candidate_floor}, {p.candidate_k} continuations each.",
-        f"Cost: {probe.continuations:,} continuations, {probe.tokens:,} tokens, {probe.seconds:.1f} s.",
-        "",
-        f"## By quadrant (split: {cfg.diagnostics.split.mode}, high fraction {cfg.diagnostics.split.high_fraction})",
-        "",
-        "| quadrant | token share | entropy share | abs(delta) share | delta^2 share (noise-corr.) | I share | I / H | probed |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+@dataclass(frozen=True)
+class Section:
+    """One view of the batch's credit: the Monte Carlo estimate, or the exact credit where the task knows it."""
+
+    title: str
+    slug: str
+    """File-name suffix of the section's figures and token table ("" for the estimate)."""
+    probe: CreditProbe
+    summary: dict[str, float]
+    """``credit_summary`` of ``probe`` (keys ``probe/...``)."""
+    scores: Sequence[Score]
+
+
+def _quadrant_table(section: Section, cfg: QuadrlConfig) -> list[str]:
+    s = section.summary
     columns = (
         "token_share",
         "entropy_share",
@@ -156,60 +147,100 @@ def markdown(
         "info_share",
         "info_over_entropy",
     )
+    lines = [
+        f"### By quadrant (split: {cfg.diagnostics.split.mode}, high fraction {cfg.diagnostics.split.high_fraction})",
+        "",
+        "| quadrant | token share | entropy share | abs(delta) share | delta^2 share (noise-corr.) | I share | I / H "
+        "| I positions |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for q in QUADRANT_NAMES:
-        cells = [fmt(summary[f"probe/{q}/{k}"]) for k in columns]
-        lines.append(f"| {q} | {' | '.join(cells)} | {int(summary[f'probe/{q}/probed'])} |")
+        cells = [fmt(s[f"probe/{q}/{k}"]) for k in columns]
+        lines.append(f"| {q} | {' | '.join(cells)} | {int(s[f'probe/{q}/probed'])} |")
     lines += [
         "",
-        f"Rank correlation of H_t and |delta_t| over the response tokens: Spearman "
-        f"{fmt(summary['probe/entropy_delta_spearman'])} (p = {fmt(summary['probe/entropy_delta_spearman_pvalue'], 4)}). "
-        f"I / H over all probed positions: {fmt(summary['probe/info_over_entropy'])} (the bound says <= 1).",
+        f"Spearman rank correlation of H_t and |delta_t| over the response tokens: "
+        f"{fmt(s['probe/entropy_delta_spearman'])} (p = {fmt(s['probe/entropy_delta_spearman_pvalue'], 4)}). "
+        f"I / H over all positions with I: {fmt(s['probe/info_over_entropy'])} (the bound: <= 1). Tokens with "
+        f"no credit by the skip rule (|delta| < skip_tol): {fmt(s['probe/certain_share'])}.",
+        "",
+        f"![credit vs entropy](figures/credit_vs_entropy{section.slug}.png)",
+        f"![shares](figures/quadrant_credit_shares{section.slug}.png)",
+    ]
+    return lines
+
+
+def _scoreboard_table(section: Section, z: float) -> list[str]:
+    rule = f"|delta| <= {z} se, or certain" if section.slug == "" else "|delta| < skip_tol"
+    lines = [
+        f"### Scoreboard (no credit: {rule})",
+        "",
+        "| method | rho within (n) | rho batch | favoured | credit on favoured | mass on no credit | note |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for s in section.scores:
+        lines.append(
+            f"| {s.label} | {fmt(s.rho_within)} ({s.n_within}) | {fmt(s.rho_batch)} | {fmt(s.favoured)} | "
+            f"{fmt(s.credit_on_favoured)} | {fmt(s.mass_on_no_credit)} | {s.note} |"
+        )
+    return lines
+
+
+def markdown(sections: Sequence[Section], cfg: QuadrlConfig, task: str, notes: Sequence[str] = ()) -> str:
+    p = cfg.probe
+    estimate = sections[0]
+    probe, summary = estimate.probe, estimate.summary
+    model = cfg.model.source if cfg.model.source == "builtin" else str(cfg.model.path)
+    lines = [
+        f"# Where credit sits: task `{task}`, model `{model}`"
+        + (f", checkpoint `{p.checkpoint}`" if p.checkpoint else ""),
+        "",
+        f"{probe.facts.rewards.numel()} responses ({probe.plan.groups_kept} prompts x {p.group_size}) of the "
+        f"`{p.split}` split, seed {cfg.seed}, temperature {cfg.sampling.temperature}, top-p {cfg.sampling.top_p}; "
+        f"mean reward {fmt(summary['probe/reward_mean'])}, mean V^(s_0) {fmt(summary['probe/value_start_mean'])}.",
+        f"k = {p.k} continuations per state, skip_tol = {p.skip_tol}, I_t at `{p.info_positions}` positions"
+        + (f" ({p.info_per_response} per response)" if p.info_positions == "top_entropy" else "")
+        + f" over candidates with pi >= {p.candidate_floor}, {p.candidate_k} continuations each.",
+        f"Cost: {probe.continuations:,} continuations, {probe.tokens:,} tokens, {probe.seconds:.1f} s.",
+        *notes,
+    ]
+    for section in sections:
+        lines += ["", f"## {section.title}", "", *_quadrant_table(section, cfg)]
+        if section.scores:
+            lines += ["", *_scoreboard_table(section, p.no_credit_z)]
+    lines += [
         "",
         "Shares are of the batch's total over all response tokens; `zero_adv` holds the tokens of groups whose "
         "rewards are all equal (A = 0: in no quadrant). delta^2 share: sum(delta^2 - se^2), an unbiased estimate "
-        "of the share of sum delta^2 (noise removed; it can leave [0, 1] where credit is below the noise). "
-        "I share and I / H: over the probed positions only.",
-        "",
-        "![credit vs entropy](figures/credit_vs_entropy.png)",
-        "![shares](figures/quadrant_credit_shares.png)",
+        "of the share of sum delta^2 (it can leave [0, 1] where credit is below the noise). I share and I / H: over "
+        "the positions where I was estimated. Scoreboard columns: experiments/scoreboard.py and README, 'Where "
+        "credit sits'.",
     ]
-    if scores:
-        lines += [
-            "",
-            f"## Scoreboard (no measured credit: |delta| <= {p.no_credit_z} se, or certain)",
-            "",
-            "| method | rho within (n) | rho batch | favoured | credit on favoured | mass on no credit | note |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for s in scores:
-            lines.append(
-                f"| {s.label} | {fmt(s.rho_within)} ({s.n_within}) | {fmt(s.rho_batch)} | {fmt(s.favoured)} | "
-                f"{fmt(s.credit_on_favoured)} | {fmt(s.mass_on_no_credit)} | {s.note} |"
-            )
-        lines += ["", "Columns: see experiments/scoreboard.py (and README, 'Where credit sits')."]
     return "\n".join(lines) + "\n"
 
 
 def write_report(
     out_dir: Path,
-    probe: CreditProbe,
-    summary: dict[str, float],
-    scores: Sequence[Score],
+    sections: Sequence[Section],
     policy: Policy,
     cfg: QuadrlConfig,
     task: str,
+    notes: Sequence[str] = (),
 ) -> Path:
     """Write the report folder; returns the path of report.md."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    quadrants = quadrant_of(probe, cfg.diagnostics.split)
-    write_tokens(out_dir / "tokens.csv", probe, policy, quadrants)
-    if scores:
-        with (out_dir / "scoreboard.csv").open("w", newline="") as out:
-            w = csv.DictWriter(out, fieldnames=list(asdict(scores[0])))
-            w.writeheader()
-            w.writerows(asdict(s) for s in scores)
-    figure_credit_vs_entropy(out_dir / "figures" / "credit_vs_entropy", probe, quadrants)
-    figure_shares(out_dir / "figures" / "quadrant_credit_shares", summary)
+    for section in sections:
+        quadrants = quadrant_of(section.probe, cfg.diagnostics.split)
+        write_tokens(out_dir / f"tokens{section.slug}.csv", section.probe, policy, quadrants)
+        if section.scores:
+            with (out_dir / f"scoreboard{section.slug}.csv").open("w", newline="") as out:
+                w = csv.DictWriter(out, fieldnames=list(asdict(section.scores[0])))
+                w.writeheader()
+                w.writerows(asdict(s) for s in section.scores)
+        figure_credit_vs_entropy(
+            out_dir / "figures" / f"credit_vs_entropy{section.slug}", section.probe, quadrants
+        )
+        figure_shares(out_dir / "figures" / f"quadrant_credit_shares{section.slug}", section.summary)
     report = out_dir / "report.md"
-    report.write_text(markdown(probe, summary, scores, cfg, task))
+    report.write_text(markdown(sections, cfg, task, notes))
     return report

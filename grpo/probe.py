@@ -109,6 +109,9 @@ class ProbeConfig:
     given by ``model=`` (the same model config the run trained, LoRA included)."""
     progress: bool = True
     """quadrl-probe: show a progress bar over the continuations."""
+    exact: bool = True
+    """quadrl-probe: on a task that computes V exactly (``task.exact_values``: fork), also report the exact
+    credit of the same batch, the scoreboard against it, and how well the estimates agree (needs top_p = 1)."""
 
     def validate(self) -> None:
         where = "probe config"
@@ -128,6 +131,7 @@ class ProbeConfig:
         check.number(where, "probe.no_credit_z", self.no_credit_z, low=0.0)
         check.boolean(where, "probe.scoreboard", self.scoreboard)
         check.boolean(where, "probe.progress", self.progress)
+        check.boolean(where, "probe.exact", self.exact)
 
     @property
     def candidate_k(self) -> int:

@@ -26,14 +26,14 @@ import itertools
 import math
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import torch
 
 from experiments.tasks.common import LazyExamples, build_test_split, check_bounded_text, check_split_params
 from experiments.tasks.registry import register_task
-from grpo.probe import bernoulli_kl
+from grpo.probe import CreditProbe, bernoulli_kl
 from grpo.rollout import left_pad, positions
 from grpo.task import Example
 
@@ -109,6 +109,20 @@ class ForkTask:
     def extract_answer(self, completion: str) -> str | None:
         text = check_bounded_text(completion, 10_000)
         return text if text else None
+
+    def exact_values(
+        self,
+        policy: Policy,
+        examples: Sequence[Example],
+        responses: Sequence[Sequence[int]],
+        *,
+        temperature: float,
+        max_new_tokens: int,
+    ) -> list[ExactCredit]:
+        """:func:`exact_values` for this task (``quadrl-probe`` looks for this method on a task)."""
+        return exact_values(
+            policy, self, examples, responses, temperature=temperature, max_new_tokens=max_new_tokens
+        )
 
     def reward(self, example: Example, completion: str) -> float:
         try:
@@ -242,3 +256,66 @@ def exact_values(
                 text += id_to_char.get(token, "?")
         out.append(ExactCredit(value, info, leak))
     return out
+
+
+def as_probe(estimated: CreditProbe, exact: Sequence[ExactCredit], no_credit_below: float) -> CreditProbe:
+    """The exact credit in the probe's shape, on the same batch: V, delta and I (over the whole vocabulary, at
+    every position) with standard error 0; tokens with |delta_t| < ``no_credit_below`` count as "certain" (no
+    credit), as the probe's skip rule counts them."""
+    shape = estimated.value.shape
+    value = torch.full(shape, math.nan, dtype=torch.float64)
+    info = torch.full(estimated.info.shape, math.nan, dtype=torch.float64)
+    for i, e in enumerate(exact):
+        value[i, : len(e.value)] = torch.tensor(e.value, dtype=torch.float64)
+        info[i, : len(e.info)] = torch.tensor(e.info, dtype=torch.float64)
+    mask = estimated.facts.response_mask.cpu().bool()
+    delta = torch.where(mask, value[:, 1:] - value[:, :-1], 0.0).nan_to_num(0.0)
+    zeros = torch.zeros_like(delta)
+    return replace(
+        estimated,
+        value=value,
+        value_se=torch.where(value.isnan(), math.nan, 0.0),
+        delta=delta,
+        delta_se=zeros,
+        certain=mask & (delta.abs() < no_credit_below),
+        info=info,
+        info_covered=torch.where(info.isnan(), math.nan, 1.0),
+    )
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """How well the probe's V^ agree with the exact V (:func:`agreement`)."""
+
+    z: float
+    """(X^2 - E X^2) / sd(X^2) under H0: each estimate is Binomial(k, V_exact) / k. ~ N(0, 1) under H0."""
+    states: int
+    """States in X^2: exact V in [0.05, 0.95] with an error bound (leak) < 0.01."""
+    nonzero_off_tree: int
+    """States off the tree (V = 0 exactly, no way back) where the probe estimated V^ != 0: must be 0."""
+
+
+def agreement(estimated: CreditProbe, exact: Sequence[ExactCredit], k: int) -> Agreement:
+    """X^2 = sum over estimated states of (c - k V)^2 / (k V (1 - V)), c = k V^ the successes of k continuations.
+
+    Under H0 (every c ~ Binomial(k, V), independent across states given the responses) each term has mean 1 and
+    variance (1 + 3 (k - 2) V (1 - V)) / (k V (1 - V)) - 1 (from the binomial's 4th central moment), so over m
+    states Z = (X^2 - m) / sqrt(sum of the variances) is approximately N(0, 1) (CLT over independent terms).
+    States with V near 0 or 1 are left out (their terms are heavy-tailed); so are states a silent token may
+    have changed by more than 0.01. Only valid for 0/1 rewards and V estimated from exactly k continuations."""
+    x2 = var = 0.0
+    states = nonzero = 0
+    for i, e in enumerate(exact):
+        for t, (v, leak) in enumerate(zip(e.value[:-1], e.leak[:-1], strict=True)):
+            estimate = float(estimated.value[i, t])
+            if math.isnan(estimate) or math.isnan(v):
+                continue
+            if v == 0.0 and leak == 0.0:
+                nonzero += estimate != 0.0
+            elif 0.05 <= v <= 0.95 and leak < 0.01:
+                pq = v * (1 - v)
+                x2 += (k * estimate - k * v) ** 2 / (k * pq)
+                var += (1 + 3 * (k - 2) * pq) / (k * pq) - 1
+                states += 1
+    z = (x2 - states) / math.sqrt(var) if states else math.nan
+    return Agreement(z, states, nonzero)

@@ -3,8 +3,6 @@ probe's Monte Carlo estimates against those exact values -- a statistical test t
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from itertools import product
 from pathlib import Path
 
@@ -13,7 +11,7 @@ import torch
 
 import grpo.probe
 from experiments.tasks import make_task
-from experiments.tasks.fork import ExactCredit, exact_values, matches
+from experiments.tasks.fork import Agreement, agreement, exact_values, matches
 from grpo.config import AlgoConfig, ModelConfig, SamplingConfig
 from grpo.model import load_policy
 from grpo.probe import ProbeConfig, probe_credit
@@ -138,40 +136,7 @@ def test_exact_values_off_the_tree_are_zero(small):
 # ------------------------------------------------------------------------------ probe vs exact: the test
 
 
-@dataclass(frozen=True)
-class Fit:
-    z: float
-    """(X^2 - E X^2) / sd(X^2) under H0: the probe's counts are Binomial(k, V_exact)."""
-    states: int
-    """States in X^2: exact V in [0.05, 0.95], error bound (leak) < 0.01."""
-    nonzero_off_tree: int
-    """States off the tree (V = 0 exactly, no way back) where the probe estimated V^ != 0."""
-
-
-def goodness_of_fit(probe, exact: list[ExactCredit], k: int) -> Fit:
-    """X^2 = sum over states of (c - k V)^2 / (k V (1 - V)), c = k V^ the successes among the k continuations.
-
-    Under H0 (each c ~ Binomial(k, V), independent across states given the responses) every term has mean 1 and
-    variance (1 + 3 (k - 2) V (1 - V)) / (k V (1 - V)) - 1 (the binomial's 4th central moment), so with m
-    states Z = (X^2 - m) / sqrt(sum of the variances) is ~ N(0, 1) for large m (CLT over independent terms)."""
-    x2 = var = 0.0
-    states = nonzero = 0
-    for i, ex in enumerate(exact):
-        for t, (v, leak) in enumerate(zip(ex.value[:-1], ex.leak[:-1], strict=True)):
-            estimate = float(probe.value[i, t])
-            if math.isnan(estimate) or math.isnan(v):
-                continue
-            if v == 0.0 and leak == 0.0:
-                nonzero += estimate != 0.0
-            elif 0.05 <= v <= 0.95 and leak < 0.01:
-                pq = v * (1 - v)
-                x2 += (k * estimate - k * v) ** 2 / (k * pq)
-                var += (1 + 3 * (k - 2) * pq) / (k * pq) - 1
-                states += 1
-    return Fit((x2 - states) / math.sqrt(var), states, nonzero)
-
-
-def probe_fit(task, policy, seed: int, n_prompts: int, k: int = 16) -> Fit:
+def probe_fit(task, policy, seed: int, n_prompts: int, k: int = 16) -> Agreement:
     sampling = SamplingConfig(max_new_tokens=task.max_new_tokens)
     generator = torch.Generator().manual_seed(seed)
     examples = list(task.test()[:n_prompts])
@@ -183,7 +148,7 @@ def probe_fit(task, policy, seed: int, n_prompts: int, k: int = 16) -> Fit:
     exact = exact_values(
         policy, task, batch.examples, responses, temperature=1.0, max_new_tokens=task.max_new_tokens
     )
-    return goodness_of_fit(probe, exact, k)
+    return agreement(probe, exact, k)
 
 
 def off_by_one(response, t):
