@@ -35,7 +35,7 @@ from grpo import checkpoint
 from grpo.checks import ConfigError
 from grpo.config import QuadrlConfig, register_configs, validate
 from grpo.model import load_policy
-from grpo.probe import CreditProbe, ProbePlan, credit_summary, probe_credit
+from grpo.probe import CreditProbe, ProbePlan, credit_summary, probe_credit, share_intervals
 from grpo.trainer import sample_groups
 from runrecord import BASE_MODEL_TAG, OVERRIDES_TAG
 
@@ -135,7 +135,9 @@ def run(raw: DictConfig) -> dict[str, float]:
         summary = credit_summary(result, quadrants)
         scores = board.scoreboard(result, methods, p.no_credit_z, cfg.seed)
         metrics = {**summary, **{k: v for s in scores for k, v in s.metrics().items()}}
-        sections = [Section("Monte Carlo estimate", "", result, summary, scores)]
+        sections = [
+            Section("Monte Carlo estimate", "", result, summary, scores, share_intervals(result, quadrants))
+        ]
         notes: list[str] = []
         exact_values = getattr(task, "exact_values", None)
         if p.exact and exact_values is not None and cfg.sampling.top_p == 1.0:
@@ -151,7 +153,14 @@ def run(raw: DictConfig) -> dict[str, float]:
             exact_summary = credit_summary(truth, quadrants)
             exact_scores = board.scoreboard(truth, methods, p.no_credit_z, cfg.seed)
             sections.append(
-                Section("Exact credit (the task enumerates V)", "_exact", truth, exact_summary, exact_scores)
+                Section(
+                    "Exact credit (the task enumerates V)",
+                    "_exact",
+                    truth,
+                    exact_summary,
+                    exact_scores,
+                    share_intervals(truth, quadrants),
+                )
             )
             notes.append(
                 f"Estimate vs exact V: Z = {fit.z:.2f} over {fit.states} states (~ N(0, 1) if the estimates are "

@@ -135,6 +135,8 @@ class Section:
     summary: dict[str, float]
     """``credit_summary`` of ``probe`` (keys ``probe/...``)."""
     scores: Sequence[Score]
+    intervals: dict[str, tuple[float, float]]
+    """95% bootstrap intervals of the credit shares (``grpo.probe.share_intervals``)."""
 
 
 def _quadrant_table(section: Section, cfg: QuadrlConfig) -> list[str]:
@@ -155,7 +157,11 @@ def _quadrant_table(section: Section, cfg: QuadrlConfig) -> list[str]:
         "|---|---|---|---|---|---|---|---|",
     ]
     for q in QUADRANT_NAMES:
-        cells = [fmt(s[f"probe/{q}/{k}"]) for k in columns]
+        cells = []
+        for k in columns:
+            key = f"probe/{q}/{k}"
+            lo_hi = section.intervals.get(key)
+            cells.append(fmt(s[key]) + (f" [{fmt(lo_hi[0], 2)}, {fmt(lo_hi[1], 2)}]" if lo_hi else ""))
         lines.append(f"| {q} | {' | '.join(cells)} | {int(s[f'probe/{q}/probed'])} |")
     lines += [
         "",
@@ -213,7 +219,7 @@ def markdown(sections: Sequence[Section], cfg: QuadrlConfig, task: str, notes: S
         "Shares are of the batch's total over all response tokens; `zero_adv` holds the tokens of groups whose "
         "rewards are all equal (A = 0: in no quadrant). delta^2 share: sum(delta^2 - se^2), an unbiased estimate "
         "of the share of sum delta^2 (it can leave [0, 1] where credit is below the noise). I share and I / H: over "
-        "the positions where I was estimated. Scoreboard columns: experiments/scoreboard.py and README, 'Where "
+        "the positions where I was estimated. [lo, hi]: 95% bootstrap interval over prompt groups. Scoreboard columns: experiments/scoreboard.py and README, 'Where "
         "credit sits'.",
     ]
     return "\n".join(lines) + "\n"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ import torch
 from grpo.checks import ConfigError
 from grpo.config import AlgoConfig, ModelConfig, QuadrlConfig, SamplingConfig, validate
 from grpo.model import load_policy
-from grpo.probe import ProbeConfig, bernoulli_kl, credit_summary, plan_probe, probe_credit
+from grpo.probe import ProbeConfig, bernoulli_kl, credit_summary, plan_probe, probe_credit, share_intervals
 from grpo.quadrants import EntropySplit
 from grpo.task import Example
 from grpo.trainer import sample_groups
@@ -271,6 +272,17 @@ def test_credit_summary_hand_values():
     assert s["probe/value_start_mean"] == pytest.approx(0.6) and s["probe/certain_share"] == pytest.approx(
         2 / 6
     )
+
+
+def test_share_intervals_resample_prompt_groups():
+    """Two groups (one response each): a bootstrap sample holds group 0 twice (p = 1/4), both, or group 1 twice
+    (p = 1/4), so pos_high's |delta| share is 0.5 / 0.65, 0.5 / 1.05 or 0: the 95% interval is [0, 0.5 / 0.65]."""
+    probe = hand_probe()
+    probe = replace(probe, facts=replace(probe.facts, group_ids=torch.tensor([0, 1])))
+    intervals = share_intervals(probe, EntropySplit(mode="absolute", threshold=0.5), n_boot=2000)
+    assert intervals["probe/pos_high/delta_share"] == pytest.approx((0.0, 0.5 / 0.65))
+    assert intervals["probe/neg_high/delta_share"] == pytest.approx((0.0, 1.0))
+    assert intervals["probe/zero_adv/delta_share"] == (0.0, 0.0)
 
 
 class Recorder:
