@@ -172,14 +172,15 @@ def test_probe_estimates_match_exact_values_and_a_planted_bug_fails(small, monke
 
 @pytest.mark.slow
 def test_probe_over_repeated_draws_on_the_default_fork(monkeypatch, tmp_path):
-    """10 independent draws (responses and continuations) on the default fork task's base model, each tested at
+    """10 independent draws (responses and continuations) on the shipped fork base model, each tested at
     two-sided level 0.01 (|Z| < 2.576). Under H0 the number of rejections is Binomial(10, 0.01): P(>= 2) = 0.004,
     so at most 1 is allowed. With the off-by-one bug planted every draw must reject."""
-    from experiments.base_model import SFTRecipe, ensure_base_model
+    from experiments.base_model import SFTRecipe, resolve_base_model
 
     task = make_task("fork")
-    path = ensure_base_model("fork", {}, SFTRecipe(seed=0), tracking_uri=None, max_seconds=600)
-    policy = load_policy(ModelConfig(device="cpu"), path, need_reference=False, seed=0)
+    base = resolve_base_model("fork", {}, SFTRecipe(seed=0), tracking_uri=None, max_seconds=600)
+    assert base.tag.startswith("shipped:")
+    policy = load_policy(ModelConfig(device="cpu"), base.path, need_reference=False, seed=0)
     fits = [probe_fit(task, policy, seed=s, n_prompts=4) for s in range(10)]
     assert all(f.nonzero_off_tree == 0 for f in fits)
     assert sum(abs(f.z) >= 2.576 for f in fits) <= 1, [round(f.z, 2) for f in fits]

@@ -35,7 +35,11 @@ def test_probe_app_writes_report_and_mlflow_run_reproducibly(tmp_path, fork_mode
     report = (out / "report.md").read_text()
     for quadrant in ("pos_high", "pos_low", "neg_high", "neg_low", "zero_adv"):
         assert f"| {quadrant} |" in report
-    assert "## Scoreboard" in report and "| only_pos_high |" in report and "| compose |" in report
+    assert "### Scoreboard" in report and "| only_pos_high |" in report and "| compose |" in report
+    # fork knows its exact values: a second section, and how well the estimate agrees with them
+    assert "## Exact credit" in report and (out / "tokens_exact.csv").is_file()
+    assert "Estimate vs exact V: Z = " in report and abs(metrics["probe/agreement_z"]) < 4
+    assert metrics["probe_exact/info_over_entropy"] <= 1.0
     for figure in ("credit_vs_entropy", "quadrant_credit_shares"):
         assert (out / "figures" / f"{figure}.png").is_file() and (out / "figures" / f"{figure}.svg").is_file()
     rows = list(csv.DictReader((out / "tokens.csv").open()))
