@@ -93,9 +93,7 @@ def figure_credit_vs_entropy(path: Path, probe: CreditProbe, quadrants: list[lis
     top = float(entropy[mask].max()) if bool(mask.any()) else 1.0
     right.plot([0, top], [0, top], "k--", lw=0.8, label="I = H (bound)")
     right.axhline(math.log(2), color="k", lw=0.5, ls=":", label="ln 2 (binary reward)")
-    left.set(
-        xlabel="entropy H_t (nats)", ylabel="|delta_t| measured", title="credit vs entropy (every token)"
-    )
+    left.set(xlabel="entropy H_t (nats)", ylabel="|delta_t|", title="credit vs entropy (every token)")
     right.set(
         xlabel="entropy H_t (nats)", ylabel="I_t (nats)", title="information vs entropy (probed positions)"
     )
