@@ -19,6 +19,8 @@ from grpo.rollout import response_logprobs
 from grpo.trainer import sample_groups
 from tests.conftest import FORK_PARAMS
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see tests/conftest.py
+
 
 @pytest.fixture(scope="module")
 def fork():
@@ -156,34 +158,37 @@ def off_by_one(response, t):
     return tuple(response[: max(t - 1, 0)])
 
 
-# level: two-sided 0.001 per draw (|Z| < 3.29 under H0)
-Z_CRITICAL = 3.29
+def rejects(fit: Agreement, z_critical: float) -> bool:
+    """The test of one draw: |Z| beyond the critical value, or any off-tree state estimated above 0. The second
+    has probability 0 under H0 (no continuation of an off-tree prefix can be rewarded), so the level is Z's."""
+    return abs(fit.z) >= z_critical or fit.nonzero_off_tree > 0
 
 
 def test_probe_estimates_match_exact_values_and_a_planted_bug_fails(small, monkeypatch):
+    """One draw at two-sided level 0.001 (|Z| < 3.29 under H0)."""
     task, policy = small
     fit = probe_fit(task, policy, seed=0, n_prompts=8)
-    assert fit.states >= 40 and fit.nonzero_off_tree == 0
-    assert abs(fit.z) < Z_CRITICAL, fit
+    assert fit.states >= 40
+    assert not rejects(fit, 3.29), fit
     monkeypatch.setattr(grpo.probe, "state_prefix", off_by_one)
     buggy = probe_fit(task, policy, seed=0, n_prompts=8)
-    assert buggy.z > Z_CRITICAL, buggy
+    assert rejects(buggy, 3.29), buggy
 
 
 @pytest.mark.slow
 def test_probe_over_repeated_draws_on_the_default_fork(monkeypatch, tmp_path):
-    """10 independent draws (responses and continuations) on the shipped fork base model, each tested at
-    two-sided level 0.01 (|Z| < 2.576). Under H0 the number of rejections is Binomial(10, 0.01): P(>= 2) = 0.004,
-    so at most 1 is allowed. With the off-by-one bug planted every draw must reject."""
+    """10 independent draws (responses and continuations, 8 prompts x 4) on the shipped fork base model, each
+    tested at two-sided level 0.01 (|Z| < 2.576, no off-tree estimate above 0). Under H0 the number of rejections
+    is Binomial(10, 0.01): P(>= 2) = 0.004, so at most 1 is allowed. With the off-by-one planted every draw must
+    reject."""
     from experiments.base_model import SFTRecipe, resolve_base_model
 
     task = make_task("fork")
     base = resolve_base_model("fork", {}, SFTRecipe(seed=0), tracking_uri=None, max_seconds=600)
     assert base.tag.startswith("shipped:")
     policy = load_policy(ModelConfig(device="cpu"), base.path, need_reference=False, seed=0)
-    fits = [probe_fit(task, policy, seed=s, n_prompts=4) for s in range(10)]
-    assert all(f.nonzero_off_tree == 0 for f in fits)
-    assert sum(abs(f.z) >= 2.576 for f in fits) <= 1, [round(f.z, 2) for f in fits]
+    fits = [probe_fit(task, policy, seed=s, n_prompts=8) for s in range(10)]
+    assert sum(rejects(f, 2.576) for f in fits) <= 1, fits
     monkeypatch.setattr(grpo.probe, "state_prefix", off_by_one)
-    buggy = [probe_fit(task, policy, seed=s, n_prompts=4) for s in range(10)]
-    assert all(f.z >= 2.576 for f in buggy), [round(f.z, 2) for f in buggy]
+    buggy = [probe_fit(task, policy, seed=s, n_prompts=8) for s in range(10)]
+    assert all(rejects(f, 2.576) for f in buggy), buggy

@@ -12,6 +12,8 @@ from experiments.probe import run
 from grpo.checks import ConfigError
 from tests.conftest import FORK_PARAMS, compose_config
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see tests/conftest.py
+
 
 def fork_overrides(model_dir: Path, tmp_path: Path, out: str = "report") -> list[str]:
     return [

@@ -21,6 +21,8 @@ from grpo.task import Example
 from grpo.trainer import sample_groups
 from tests.conftest import compose_config, hand_probe, make_trainer
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see tests/conftest.py
+
 
 def test_bernoulli_kl_hand_values():
     # KL(0.5 || 0.25) = 0.5 ln(0.5/0.25) + 0.5 ln(0.5/0.75)
