@@ -34,7 +34,6 @@ REFERENCES = CONF_DIR.parent / "docs" / "results"
 """Published results of each preset (``<preset>.json``): the README's tables are generated from them."""
 
 
-
 def first_values(overrides: list[str]) -> list[str]:
     """The overrides with each sweep (``seed=0,1,2``) replaced by its first value: one config to check."""
     out = []
@@ -99,7 +98,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     uri, experiment = str(cfg.tracking.uri), str(cfg.tracking.experiment)
 
-    print(f"[study] 1/3 base model for task '{cfg.task.name}' (shipped, or built once and cached)", flush=True)
+    print(
+        f"[study] 1/3 base model for task '{cfg.task.name}' (shipped, or built once and cached)", flush=True
+    )
     from experiments.train import base_model
 
     started = time.perf_counter()
