@@ -43,6 +43,12 @@ QUADRANT_STATS = {
     "logprob_change": "log-prob change",
     "grad_norm_share": "gradient-norm share",
 }
+CREDIT_STATS = {
+    "delta_share": "share of measured credit sum |delta|",
+    "delta_sq_share": "share of sum delta^2 (noise-corrected)",
+    "info_share": "share of sum I",
+}
+"""What a training run's credit probe (``probe.every``) logs per quadrant, as ``probe/<q>/<stat>``."""
 CONTROL_COLOR = "black"
 FORMATS = ("png", "svg")
 
@@ -189,9 +195,12 @@ def plot_quadrant_stat(
     control: str | None = None,
     smooth: int | None = None,
     seed: int = 0,
+    prefix: str = "quadrant",
 ) -> tuple[list[Path], list[Note]]:
-    """One figure for ``quadrant/<q>/<stat>``: a panel per quadrant, a line per condition."""
-    metrics = [f"quadrant/{q}/{stat}" for q in QUADRANTS]
+    """One figure for ``<prefix>/<q>/<stat>``: a panel per quadrant, a line per condition (``prefix``:
+    ``quadrant`` for the per-step statistics, ``probe`` for the credit probe's shares)."""
+    names = {**QUADRANT_STATS, **CREDIT_STATS}
+    metrics = [f"{prefix}/{q}/{stat}" for q in QUADRANTS]
     present = [m for m in metrics if (history["metric"] == m).any()]
     if not present:
         return [], [_missing(metrics, f"quadrant {stat}")]
@@ -221,7 +230,7 @@ def plot_quadrant_stat(
     for ax in axes[1]:
         ax.set_xlabel("training step")
     for ax in axes[:, 0]:
-        ax.set_ylabel(QUADRANT_STATS.get(stat, stat))
+        ax.set_ylabel(names.get(stat, stat))
     handles, labels = [], []
     for ax in axes.flat:
         for hnd, lab in zip(*ax.get_legend_handles_labels(), strict=True):
@@ -233,11 +242,11 @@ def plot_quadrant_stat(
     )
     smooth_note = f"; rolling mean over {smooth} points" if smooth > 1 else ""
     fig.suptitle(
-        f"Per-quadrant {QUADRANT_STATS.get(stat, stat)} over training "
-        f"(quadrant/<q>/{stat}; mean over seeds, 95% CI{smooth_note})"
+        f"Per-quadrant {names.get(stat, stat)} over training "
+        f"({prefix}/<q>/{stat}; mean over seeds, 95% CI{smooth_note})"
     )
     fig.tight_layout()
-    return _save(fig, out_dir, f"quadrant_{stat}"), notes
+    return _save(fig, out_dir, f"{prefix}_{stat}"), notes
 
 
 def plot_final_metrics(

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
 from analysis import figures, tables
 from analysis.load import RunSet, load_runs
@@ -199,6 +200,18 @@ def analyse(opts: ReportOptions) -> Report:
                 figures.plot_quadrant_stat(hist, stat, fig_dir, colors, control=control, seed=seed),
             )
         )
+    if (
+        hist["metric"].str.startswith("probe/").any()
+    ):  # runs with probe.every: where credit sits over training
+        for stat, name in figures.CREDIT_STATS.items():
+            drawn.append(
+                (
+                    f"Credit probe per quadrant: {name}",
+                    figures.plot_quadrant_stat(
+                        hist, stat, fig_dir, colors, control=control, seed=seed, prefix="probe"
+                    ),
+                )
+            )
     panels = [(main, "final"), (main, "auc")] + [(s, "final") for s in extra]
     drawn.append(("Final metrics per condition", figures.plot_final_metrics(panels, fig_dir, colors)))
     for title, (paths, fig_notes) in drawn:
@@ -376,7 +389,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = parse_args(argv)
     try:
         _run_cli(a)
-    except ValueError as exc:  # unknown experiment, bad option value
+    except (ValueError, MlflowException) as exc:  # unknown experiment or run, bad option value
         print(f"quadrl-report: error: {exc}", file=sys.stderr)
         return 2
     return 0

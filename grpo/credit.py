@@ -33,6 +33,7 @@ from grpo.checks import ConfigError
 
 if TYPE_CHECKING:
     from grpo.quadrants import EntropySplit
+    from grpo.rollout import Rollout
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,36 @@ class TokenFacts:
     """[B, T] float: log-probs under the reference policy, when a KL term is configured."""
     response_ids: Tensor | None = None
     """[B, T] long: the sampled tokens (padding where ``response_mask`` is false); the trainer always sets it."""
+
+    @classmethod
+    def from_rollout(
+        cls,
+        rollout: Rollout,
+        rewards: Tensor,
+        group_ids: Tensor,
+        sequence_advantages: Tensor,
+        step: int,
+        *,
+        old_logprobs: Tensor | None = None,
+        ref_logprobs: Tensor | None = None,
+    ) -> TokenFacts:
+        """The facts of a sampled batch (the trainer's and the credit probe's one recipe): each response's
+        advantage broadcast over its tokens, the sampler's entropies and log-probs; ``old_logprobs`` default to
+        the behaviour log-probs (on-policy)."""
+        mask = rollout.response_mask
+        return cls(
+            # rewards live on the CPU, the rollout on the model's device
+            advantages=sequence_advantages.to(mask.device)[:, None] * mask,
+            entropy=rollout.entropy,
+            behaviour_logprobs=rollout.logprobs,
+            old_logprobs=rollout.logprobs if old_logprobs is None else old_logprobs,
+            response_mask=mask,
+            group_ids=group_ids,
+            rewards=rewards,
+            step=step,
+            ref_logprobs=ref_logprobs,
+            response_ids=rollout.response_ids,
+        )
 
     @property
     def sequence_advantages(self) -> Tensor:

@@ -18,7 +18,7 @@ import torch
 from grpo.config import EvalConfig
 from grpo.model import Policy
 from grpo.rollout import sample
-from grpo.task import Example, Task
+from grpo.task import Example, Task, score_completions
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -76,16 +76,13 @@ def generate(
         texts += [
             policy.decode(roll.response_ids[r][roll.response_mask[r]].tolist()) for r in range(len(greedy))
         ]
-    greedy_out: list[Completion] = []
-    sampled_out: list[list[Completion]] = []
-    for i, ex in enumerate(examples):
-        group = [
-            Completion(ex, t, task.reward(ex, t), task.extract_answer(t))
-            for t in texts[i * per_prompt : (i + 1) * per_prompt]
-        ]
-        greedy_out.append(group[0])
-        sampled_out.append(group[1:])
-    return greedy_out, sampled_out
+    flat = [ex for ex in examples for _ in range(per_prompt)]
+    rewards = score_completions(task, flat, texts).rewards
+    completions = [
+        Completion(ex, t, r, task.extract_answer(t)) for ex, t, r in zip(flat, texts, rewards, strict=True)
+    ]
+    groups = [completions[i * per_prompt : (i + 1) * per_prompt] for i in range(len(examples))]
+    return [g[0] for g in groups], [g[1:] for g in groups]
 
 
 def evaluate(
