@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from grpo.checks import ConfigError
+from grpo.loss import token_coefficients
 
 if TYPE_CHECKING:
     from grpo.quadrants import EntropySplit
@@ -62,6 +63,16 @@ class TokenFacts:
     """[B, T] float: log-probs under the reference policy, when a KL term is configured."""
     response_ids: Tensor | None = None
     """[B, T] long: the sampled tokens (padding where ``response_mask`` is false); the trainer always sets it."""
+    loss_aggregation: str = "seq_mean_token_mean"
+    """``algo.loss_aggregation`` of the loss this credit will enter (the trainer always sets it): with
+    ``max_new_tokens`` it fixes each token's coefficient c_it (:meth:`loss_coefficients`)."""
+    max_new_tokens: int | None = None
+    """Dr. GRPO's constant normaliser L (``sampling.max_new_tokens``); None means the padded width T."""
+
+    def loss_coefficients(self, loss_mask: Tensor) -> Tensor:
+        """[B, T] float64 c_it of the configured aggregation over ``loss_mask``: the loss is sum c * L_t."""
+        width = self.max_new_tokens if self.max_new_tokens is not None else loss_mask.shape[-1]
+        return token_coefficients(loss_mask, self.loss_aggregation, width)  # type: ignore[arg-type]
 
     @property
     def sequence_advantages(self) -> Tensor:
