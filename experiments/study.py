@@ -2,12 +2,14 @@
 
     quadrl-study                                   # conf/experiment/quadrant_study.yaml, local, 2 jobs at a time
     quadrl-study --launcher slurm seed=0,1,2,3,4   # extra arguments are Hydra overrides for every job
+    quadrl-study --preset quadrant_mechanisms      # cancellation and the optimiser: fixes against masks as is
 
 Steps: (1) build the base model once, before any job exists, so that parallel jobs do not all pre-train it;
 (2) run the sweep as ``python -m experiments.train -m experiment=<preset> hydra/launcher=<launcher>``, which
 opens a parent MLflow run and one child run per job; (3) write the report from the parent run's children and log
 it to the parent. Progress (jobs done, elapsed) is printed as the sweep runs; a failed job does not stop the
-others, and the report lists it.
+others, and the report lists it. The report's control and its paired comparisons are the preset's
+:data:`STUDY_REPORTS` entry (the preset's YAML holds the grid; the Hydra schema has no place for report settings).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import argparse
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -25,6 +28,34 @@ from experiments.sweep import PARENT_FILE
 from experiments.tracking import ensure_experiment
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+@dataclass(frozen=True)
+class StudyReport:
+    """How ``quadrl-study`` reports the sweep of one preset."""
+
+    control: str = "intervention=none"
+    """The condition the others are compared with (``--control`` overrides it)."""
+    pairs: tuple[tuple[str, str], ...] = ()
+    """(condition, reference) pairs compared directly, e.g. each fix against its condition as is."""
+
+
+MECHANISM_MASKS = ("only_pos_low", "only_neg_low", "only_neg_high")
+STUDY_REPORTS = {
+    "quadrant_study": StudyReport(),
+    "quadrant_mechanisms": StudyReport(
+        control="+mechanism=baseline",
+        pairs=(
+            ("+mechanism=sgd", "+mechanism=baseline"),
+            *(
+                (f"+mechanism={mask}_{fix}", f"+mechanism={mask}")
+                for mask in MECHANISM_MASKS
+                for fix in ("min_replace", "sgd")
+            ),
+        ),
+    ),
+}
+"""Report settings per preset of conf/experiment/; a preset not listed gets the defaults of StudyReport."""
 
 
 def study_config(preset: str, overrides: list[str]):
@@ -43,7 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--launcher", default="local", help="hydra/launcher: local or slurm")
     parser.add_argument("--out", default=None, help="sweep directory (default multirun/<preset>-<time>)")
     parser.add_argument(
-        "--control", default="intervention=none", help="condition the others are compared with"
+        "--control",
+        default=None,
+        help="condition the others are compared with (default: the preset's, else intervention=none)",
     )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides applied to every job")
     args = parser.parse_args(argv)
@@ -93,13 +126,16 @@ def main(argv: list[str] | None = None) -> int:
     print("[study] 3/3 report", flush=True)
     from analysis.report import ReportOptions, build_report
 
+    settings = STUDY_REPORTS.get(args.preset, StudyReport())
+
     report = build_report(
         ReportOptions(
             out_dir=sweep_dir / "report",
             tracking_uri=uri,
             parent_run_id=parent_file.read_text().strip(),
-            control=args.control,
+            control=args.control or settings.control,
             min_seeds=3,
+            pairs=settings.pairs,
         )
     )
     print(f"\n[study] report: {report}")
