@@ -23,16 +23,24 @@ and ``adv_orthogonal/weight_change_mean`` (mean |w' - w| over the shared tokens)
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import torch
 
 from grpo.cancellation import batch_prefixes
-from grpo.credit import Intervention, TokenCredit, TokenFacts, register
+from grpo.credit import Intervention, InterventionConfig, TokenCredit, TokenFacts, register
+
+
+@dataclass
+class AdvOrthogonalConfig(InterventionConfig):
+    name: str = "adv_orthogonal"
+    """Registered name of the method (no parameters beyond the step window)."""
 
 
 @register("adv_orthogonal")
 class AdvOrthogonal(Intervention):
+    config_class = AdvOrthogonalConfig
+
     def credit(self, facts: TokenFacts, credit: TokenCredit, generator: torch.Generator) -> TokenCredit:
         prefixes = batch_prefixes(facts)
         shared = prefixes.shared

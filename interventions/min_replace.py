@@ -33,16 +33,24 @@ changes weights or the loss mask can break the guarantee, so compose it last. Lo
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import torch
 
 from grpo.cancellation import batch_prefixes
-from grpo.credit import Intervention, TokenCredit, TokenFacts, register
+from grpo.credit import Intervention, InterventionConfig, TokenCredit, TokenFacts, register
+
+
+@dataclass
+class MinReplaceConfig(InterventionConfig):
+    name: str = "min_replace"
+    """Registered name of the method (no parameters beyond the step window)."""
 
 
 @register("min_replace")
 class MinReplace(Intervention):
+    config_class = MinReplaceConfig
+
     def credit(self, facts: TokenFacts, credit: TokenCredit, generator: torch.Generator) -> TokenCredit:
         prefixes = batch_prefixes(facts)
         shared = prefixes.shared
