@@ -27,6 +27,13 @@ OVERRIDE_TAG_PREFIX = "override."
 """``override.<key>`` = the unescaped value of each override (the UI groups and filters by these)."""
 PARENT_TAG = "mlflow.parentRunId"
 """The sweep's parent run (MLflow's own nesting tag; ``nested=True`` works in-process only)."""
+BASE_MODEL_TAG = "quadrl.base_model"
+"""Which model the run started from: ``shipped:<sha256 prefix>``, ``built:<cache key>`` or ``local:<path>``."""
+CPU_TAG = "quadrl.cpu"
+"""The processor the run ran on (float results differ between CPUs): part of a run's provenance."""
+PROVENANCE_TAGS = (CPU_TAG, "quadrl.cpu_count", "quadrl.torch", "quadrl.transformers", "quadrl.python")
+"""Tags that say what a result depends on besides the config (with ``quadrl.threads``, ``quadrl.deterministic``,
+``quadrl.device`` and the base model's tag)."""
 RESUMED_TAG = "quadrl.resumed_at"
 """Set when a run was resumed from its checkpoint (a requeued or restarted job)."""
 

@@ -6,7 +6,8 @@ Two ways to select runs:
 
 The result is a :class:`RunSet` with two tables:
   * ``runs``: one row per run -- run_id, run_name, status, condition, seed, experiment_id, parent_run_id,
-    start_time, end_time, then ``params.<key>`` for every param and ``metrics.<key>`` for each metric's
+    start_time, end_time, ``tags.<tag>`` for the provenance tags (runrecord.PROVENANCE_TAGS), then
+    ``params.<key>`` for every param and ``metrics.<key>`` for each metric's
     last logged value (MLflow's own column naming, so a param called ``status`` cannot clash);
   * ``history``: the full history of every metric, long format with columns
     run_id, condition, seed, metric, step, value (one row per run, metric and step; if a step was logged
@@ -31,6 +32,7 @@ from runrecord import (
     DEFAULT_TRACKING_URI,
     OVERRIDES_TAG,
     PARENT_TAG,
+    PROVENANCE_TAGS,
     ROLE_TAG,
     SWEEP_ROLE,
     condition_of,
@@ -162,6 +164,7 @@ def _run_row(run: Run) -> dict:
         "start_time": _ms_to_time(run.info.start_time),
         "end_time": _ms_to_time(run.info.end_time),
     }
+    row.update({f"tags.{k}": tags.get(k) for k in PROVENANCE_TAGS})
     row.update({f"params.{k}": v for k, v in sorted(params.items())})
     row.update({f"metrics.{k}": v for k, v in sorted(run.data.metrics.items())})
     return row

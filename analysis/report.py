@@ -3,8 +3,10 @@
     python -m analysis.report --tracking-uri sqlite:///mlflow.db --parent-run RUN_ID --out reports/x \\
         [--control intervention=none] [--metric eval/accuracy] [--target 0.8] [--min-seeds 3]
 
-Writes OUT/report.md and OUT/figures/*.png|svg, prints the summary table, and logs OUT as artifact
-``report/`` of the sweep's parent run (given, or shared by all the experiment's runs).
+Writes OUT/report.md, OUT/results.json (the machine-readable summary, :mod:`analysis.results`) and
+OUT/figures/*.png|svg, prints the summary table, and logs OUT as artifact ``report/`` of the sweep's parent run
+(given, or shared by all the experiment's runs). ``--reference FILE`` adds a section saying, condition by
+condition, whether this study agrees with the results file FILE.
 """
 
 from __future__ import annotations
@@ -23,6 +25,15 @@ from mlflow import MlflowClient
 
 from analysis import figures, tables
 from analysis.load import RunSet, load_runs
+from analysis.results import (
+    ReferenceCheck,
+    check_against,
+    read_results,
+    reference_markdown,
+    reference_summary_line,
+    results_from,
+    write_results,
+)
 from analysis.stats import (
     ALPHA,
     DEFAULT_METRIC,
@@ -37,6 +48,7 @@ from analysis.stats import (
 from runrecord import DEFAULT_TRACKING_URI
 
 log = logging.getLogger(__name__)
+RESULTS_FILE = "results.json"
 
 CONTROL_INTERVENTIONS = ("none", "baseline", "grpo")
 NOTE_SECTIONS = [
@@ -70,6 +82,12 @@ class Report:
     """Per condition, the main metric's change from its first logged value (stats.change_from_start)."""
     pairs: pd.DataFrame | None = None
     """The ``pairs`` compared directly (stats.compare_pairs); None when none were asked for."""
+    reference: ReferenceCheck | None = None
+    """The check against ``ReportOptions.reference``, when one was given."""
+
+    def results(self) -> dict[str, object]:
+        """The machine-readable summary written as ``results.json`` (:mod:`analysis.results`)."""
+        return results_from(self.main, self.runset.runs, self.runset.shared_overrides)
 
 
 @dataclass(frozen=True)
@@ -101,6 +119,8 @@ class ReportOptions:
     """Bootstrap seed."""
     include_running: bool = False
     """Also average RUNNING runs."""
+    reference: Path | None = None
+    """A results file (``docs/results/<study>.json``) to check this study against, condition by condition."""
     log_artifact: bool = True
     """Log the report folder as artifact ``report/`` of the parent run."""
     echo: bool = True
@@ -111,6 +131,8 @@ class ReportOptions:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out_dir", Path(self.out_dir))
+        if self.reference is not None:
+            object.__setattr__(self, "reference", Path(self.reference))
 
 
 def resolve_control(
@@ -237,6 +259,8 @@ def analyse(opts: ReportOptions) -> Report:
         if paths:
             report.figures.append((title, paths))
     report.notes = _dedupe(notes)
+    if opts.reference is not None:
+        report.reference = check_against(report.results(), read_results(opts.reference), seed=seed)
     return report
 
 
@@ -333,6 +357,8 @@ def render_markdown(report: Report, opts: ReportOptions) -> str:
             "still below its start; *collapse not removed* = no significant difference.",
             "",
         ]
+    if report.reference is not None:
+        out += [reference_markdown(report.reference, opts.reference)]
     out += ["## Warnings", ""]
     if not report.notes:
         out += ["None.", ""]
@@ -367,6 +393,7 @@ def build_report(opts: ReportOptions) -> Path:
         report.notes.append(Note("artifact", "runs share no parent run; report not logged to MLflow"))
     path = out_dir / "report.md"
     path.write_text(render_markdown(report, opts), encoding="utf-8")
+    write_results(report.results(), out_dir / RESULTS_FILE)
     logged = False
     if opts.log_artifact and parent is not None:
         try:
@@ -381,6 +408,8 @@ def build_report(opts: ReportOptions) -> Path:
         print(tables.to_text(*tables.summary_rows(report.main)))
         n_warn = len(report.notes)
         print(f"\n{n_warn} warning(s); see the report." if n_warn else "\nNo warnings.")
+        if report.reference is not None:
+            print(f"Against {opts.reference}: {reference_summary_line(report.reference)}")
         print(f"Report: {path.resolve()}")
         if logged:
             print(f"Logged as artifact 'report/' of parent run {parent}")
@@ -420,6 +449,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         metavar=("CONDITION", "REFERENCE"),
         help="compare CONDITION with REFERENCE directly (repeatable), e.g. a fix against its condition as is",
     )
+    p.add_argument(
+        "--reference", type=Path, help="a results file to check this study against (e.g. docs/results/x.json)"
+    )
     p.add_argument("--no-log-artifact", action="store_true", help="do not log the report to the parent run")
     return p.parse_args(argv)
 
@@ -451,6 +483,7 @@ def _run_cli(a: argparse.Namespace) -> None:
             n_resamples=a.resamples,
             seed=a.seed,
             include_running=a.include_running,
+            reference=a.reference,
             log_artifact=not a.no_log_artifact,
             pairs=tuple((cond, ref) for cond, ref in a.pair),
         )

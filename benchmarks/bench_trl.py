@@ -145,13 +145,13 @@ def prepare_model(spec: str, tmp: Path) -> Path:
 class QuadrlRunner:
     def __init__(self, model_dir: Path, s: Settings, run_dir: Path):
         import grpo.trainer as trainer_module
+        import interventions  # noqa: F401  (registers every method)
         from experiments.tasks import make_task
         from experiments.tracking import Tracker
         from grpo.config import QuadrlConfig, validate
+        from grpo.credit import build_intervention
         from grpo.model import load_policy
         from grpo.trainer import Trainer
-        import interventions  # noqa: F401  (registers every method)
-        from grpo.credit import build_intervention
 
         cfg = QuadrlConfig()
         cfg.seed = s.seed

@@ -10,6 +10,13 @@ inside a target band, so that GRPO starts from a policy that is right sometimes 
   the stopping decision (:meth:`Band.decide`).
 - :func:`ensure_base_model` returns a cached directory keyed on the recipe, building it once (in a temporary
   directory renamed into place, under a file lock) when missing.
+- Shipped base models: the repository ships the base model of each built-in task under ``models/<task>/``,
+  built once by :func:`ship` (``quadrl-pretrain --task arith --ship``), with the sha256 of every file in its
+  metadata. :func:`resolve_base_model` (what ``model=tiny`` uses) loads the shipped model when the run asks for
+  exactly what it was built from (same cache key), verifies every checksum, and refuses a missing or changed file
+  by name; otherwise it builds (``model.base=build``, or task parameters that differ), saying why in one line.
+  Float results differ between CPUs, and the stopping rule turns a last-bit difference into another model:
+  shipping the weights fixes the starting point for every machine.
 
 Stopping rule. With band ``(low, high)`` and ``aim = (low + high) / 2 - aim_tolerance`` (0.35 for the default
 band), the test split is evaluated greedily every ``eval_every`` optimizer steps, and every
@@ -42,7 +49,7 @@ import random
 import shutil
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -66,10 +73,16 @@ the cache key includes it, so old caches are not reused. Recipe values are keyed
 
 MLFLOW_EXPERIMENT = "quadrl-base-models"
 METADATA_FILE = "quadrl_base.json"
+SHIPPED_DIR = Path(__file__).resolve().parents[1] / "models"
+"""Where the repository's shipped models live: ``models/<name>/`` (model, tokenizer, ``quadrl_base.json``)."""
 
 
 class PretrainError(RuntimeError):
     """Pre-training could not produce a model inside the target accuracy band."""
+
+
+class ShippedModelError(RuntimeError):
+    """A shipped model's file is missing or does not match the checksum its metadata records."""
 
 
 @dataclass(frozen=True)
@@ -120,9 +133,10 @@ class SFTRecipe:
     """Stop after this many steps whatever the accuracy (None: only ``max_seconds`` bounds the build)."""
     allow_out_of_band: bool = False
     """Save the last model when the band is not reached, instead of failing (smoke tests)."""
-    num_threads: int | None = None
-    """torch intra-op threads during the build (None: leave torch's default, which depends on the machine).
-    Threads change the order of float sums, hence the model: part of the key."""
+    num_threads: int | None = 1
+    """torch intra-op threads during the build (None: torch's default, which depends on the machine's cores).
+    Threads change the order of float sums, hence the model: part of the key. One thread keeps the build the same
+    on machines with different core counts and avoids oversubscription when builds share cores with jobs."""
 
     def __post_init__(self) -> None:
         low, high = self.target_accuracy
@@ -483,13 +497,7 @@ def default_cache_dir() -> Path:
 
 def _file_digest(path: str) -> str | None:
     p = Path(path).expanduser()
-    if not p.is_file():
-        return None
-    h = hashlib.sha256()
-    with p.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return file_sha256(p) if p.is_file() else None
 
 
 def _full_task_params(task_name: str, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -569,3 +577,162 @@ def ensure_base_model(
 
 def load_metadata(model_dir: str | os.PathLike[str]) -> dict[str, Any]:
     return json.loads((Path(model_dir) / METADATA_FILE).read_text())
+
+
+# ----------------------------------------------------------------------------------------------- shipped
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def ship(
+    task_name: str,
+    task_params: Mapping[str, Any],
+    recipe: SFTRecipe | None = None,
+    *,
+    dest: str | os.PathLike[str] | None = None,
+    max_seconds: float = 1800.0,
+    tracking_uri: str | None = None,
+    verbose: bool = False,
+) -> Path:
+    """Build the base model for (task, params, recipe) into ``dest`` (default ``models/<task>``), recording its
+    cache key and the sha256 of every file in ``quadrl_base.json``; replaces what was there."""
+    dest = Path(dest) if dest is not None else SHIPPED_DIR / task_name
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{dest.name}-", dir=dest.parent))
+    try:
+        meta = pretrain(
+            task_name,
+            task_params,
+            tmp,
+            recipe,
+            max_seconds=max_seconds,
+            tracking_uri=tracking_uri,
+            verbose=verbose,
+        )
+        meta["key"] = base_model_key(task_name, task_params, recipe)
+        meta["sha256"] = {p.name: file_sha256(p) for p in sorted(tmp.iterdir()) if p.name != METADATA_FILE}
+        meta.pop("mlflow_run_id", None)  # a run in the builder's own store means nothing to anyone else
+        (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n")
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.rename(tmp, dest)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def verify_shipped(model_dir: str | os.PathLike[str]) -> str:
+    """Check every file ``quadrl_base.json`` lists against its sha256; return the weights' sha256.
+
+    Raises :class:`ShippedModelError` naming the first missing or changed file."""
+    model_dir = Path(model_dir)
+    meta_path = model_dir / METADATA_FILE
+    if not meta_path.is_file():
+        raise ShippedModelError(
+            f"{meta_path}: missing; the shipped model cannot be verified (git checkout models/)"
+        )
+    recorded = load_metadata(model_dir).get("sha256") or {}
+    if "model.safetensors" not in recorded:
+        raise ShippedModelError(
+            f"{meta_path}: records no sha256 of model.safetensors; rebuild it with --ship"
+        )
+    for name, want in sorted(recorded.items()):
+        path = model_dir / name
+        if not path.is_file():
+            raise ShippedModelError(
+                f"{path}: missing from the shipped model (git checkout models/, or model.base=build)"
+            )
+        got = file_sha256(path)
+        if got != want:
+            raise ShippedModelError(
+                f"{path}: sha256 {got[:16]}... does not match {want[:16]}... recorded in {METADATA_FILE}; the file "
+                "was changed or corrupted (git checkout models/, or model.base=build to build one locally)"
+            )
+    return recorded["model.safetensors"]
+
+
+@dataclass(frozen=True)
+class ResolvedBase:
+    """The base model a run starts from."""
+
+    path: Path
+    """Its directory (HF format)."""
+    tag: str
+    """``shipped:<sha256 prefix of the weights>`` or ``built:<cache key>``: what the run is tagged with."""
+
+
+def _differences(
+    shipped: Mapping[str, Any], task_name: str, task_params: Mapping[str, Any], recipe: SFTRecipe
+) -> str:
+    """What the request changes against the shipped model, e.g. ``max_digits=6 (shipped: 4)``."""
+    want = {
+        **_full_task_params(task_name, task_params),
+        **_flat(dataclasses.asdict(recipe.with_task_hints(task_name))),
+    }
+    have = {
+        **_full_task_params(task_name, shipped.get("task_params", {})),
+        **_flat(shipped.get("recipe", {})),
+    }
+    diffs = [f"{k}={want[k]!r} (shipped: {have.get(k)!r})" for k in sorted(want) if want[k] != have.get(k)]
+    return ", ".join(diffs) or "the build code's version"
+
+
+def _flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        if isinstance(v, Mapping):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def resolve_base_model(
+    task_name: str,
+    task_params: Mapping[str, Any],
+    recipe: SFTRecipe | None = None,
+    *,
+    base: str = "shipped",
+    cache_dir: str | os.PathLike[str] | None = None,
+    tracking_uri: str | None = DEFAULT_TRACKING_URI,
+    max_seconds: float = 1800.0,
+    say: Callable[[str], None] = print,
+) -> ResolvedBase:
+    """The built-in base model for a run: the shipped one (verified) when ``base='shipped'`` and it was built from
+    exactly this task, these parameters and this recipe; otherwise a locally built one (cached), after one line
+    through ``say`` saying why. A shipped model whose files fail their checksums is an error, never rebuilt."""
+    recipe = recipe or SFTRecipe()
+    shipped = SHIPPED_DIR / task_name
+    if base == "shipped":
+        if not shipped.exists():
+            say(
+                f"quadrl: no shipped base model for task '{task_name}' ({shipped}): building one locally (cached)"
+            )
+        else:
+            meta = load_metadata(shipped) if (shipped / METADATA_FILE).is_file() else {}
+            if meta.get("key") == base_model_key(task_name, task_params, recipe):
+                return ResolvedBase(shipped, f"shipped:{verify_shipped(shipped)[:16]}")
+            if not meta:
+                verify_shipped(shipped)  # raises: the metadata is missing
+            say(
+                f"quadrl: the run asks for another base model than the shipped {shipped.name} "
+                f"({_differences(meta, task_name, task_params, recipe)}): building one locally (cached)"
+            )
+    elif base != "build":
+        raise ValueError(f"base must be 'shipped' or 'build', got {base!r}")
+    path = ensure_base_model(
+        task_name,
+        task_params,
+        recipe,
+        cache_dir=cache_dir,
+        tracking_uri=tracking_uri,
+        max_seconds=max_seconds,
+    )
+    return ResolvedBase(path, f"built:{path.name}")

@@ -2,6 +2,7 @@
 
     quadrl-pretrain --task arith --seed 0 --out runs/base-arith min_digits=3 max_digits=4
     quadrl-pretrain --task countdown --cache            # build into the shared cache (ensure_base_model)
+    quadrl-pretrain --task arith --ship                 # (re)build the shipped models/arith (maintainers)
 
 Task parameters are ``key=value`` pairs (values parsed as YAML scalars: ``4`` -> int, ``0.1`` -> float,
 ``null`` -> None, ``true`` -> bool, anything else a string).
@@ -39,6 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument(
         "--cache", action="store_true", help="build into the cache (QUADRL_CACHE or ~/.cache/quadrl)"
     )
+    target.add_argument(
+        "--ship",
+        action="store_true",
+        help="build into the repository's models/<task> with the sha256 of every file (what model=tiny loads)",
+    )
     p.add_argument("--cache-dir", default=None, help="cache root for --cache")
     p.add_argument(
         "--max-seconds", type=float, default=1800.0, help="fail if the band is not reached (default 1800)"
@@ -56,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="steps between evals near the band (default: task's hint)",
     )
     p.add_argument(
-        "--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)"
+        "--threads", type=int, default=None, help="torch threads during the build (default: the recipe's, 1)"
     )
     p.add_argument(
         "--tracking-uri",
@@ -73,27 +79,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from experiments.base_model import PretrainError, ensure_base_model, pretrain, recipe_from
+    from experiments.base_model import PretrainError, ensure_base_model, pretrain, recipe_from, ship
     from runrecord import DEFAULT_TRACKING_URI
 
     params = parse_params(args.params)
     uri = args.tracking_uri or DEFAULT_TRACKING_URI
     tracking_uri = None if uri.lower() == "none" else uri
     try:
-        recipe = recipe_from(
-            {
-                "seed": args.seed,
-                "target_accuracy": (args.low, args.high),
-                "eval_every": args.eval_every,
-                "dense_eval_every": args.dense_eval_every,
-                "max_steps": args.max_steps,
-                "allow_out_of_band": args.allow_out_of_band,
-                "num_threads": args.threads,
-            }
-        )
+        given = {
+            "seed": args.seed,
+            "target_accuracy": (args.low, args.high),
+            "eval_every": args.eval_every,
+            "dense_eval_every": args.dense_eval_every,
+            "max_steps": args.max_steps,
+            "allow_out_of_band": args.allow_out_of_band,
+            "num_threads": args.threads,
+        }
+        recipe = recipe_from({k: v for k, v in given.items() if v is not None})  # unset: the recipe's default
         common = {"max_seconds": args.max_seconds, "tracking_uri": tracking_uri, "verbose": not args.quiet}
-        if args.cache:
-            path = ensure_base_model(args.task, params, recipe, cache_dir=args.cache_dir, **common)
+        if args.cache or args.ship:
+            if args.ship:
+                path = ship(args.task, params, recipe, **common)
+            else:
+                path = ensure_base_model(args.task, params, recipe, cache_dir=args.cache_dir, **common)
             print(path)
             return 0
         meta = pretrain(args.task, params, args.out, recipe, **common)

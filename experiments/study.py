@@ -4,12 +4,14 @@
     quadrl-study --launcher slurm seed=0,1,2,3,4   # extra arguments are Hydra overrides for every job
     quadrl-study --preset quadrant_mechanisms      # cancellation and the optimiser: fixes against masks as is
 
-Steps: (1) build the base model once, before any job exists, so that parallel jobs do not all pre-train it;
-(2) run the sweep as ``python -m experiments.train -m experiment=<preset> hydra/launcher=<launcher>``, which
-opens a parent MLflow run and one child run per job; (3) write the report from the parent run's children and log
-it to the parent. Progress (jobs done, elapsed) is printed as the sweep runs; a failed job does not stop the
-others, and the report lists it. The report's control and its paired comparisons are the preset's
-:data:`STUDY_REPORTS` entry (the preset's YAML holds the grid; the Hydra schema has no place for report settings).
+Steps: (1) resolve the base model once, before any job exists: the shipped one (checksums verified) or, for
+other parameters, one built and cached, so that parallel jobs do not all pre-train it; (2) run the sweep as
+``python -m experiments.train -m experiment=<preset> hydra/launcher=<launcher>``, which opens a parent MLflow run
+and one child run per job; (3) write the report from the parent run's children, log it to the parent, and check
+the results against the published ones (docs/results/<preset>.json, the README's tables), condition by
+condition. Progress (jobs done, elapsed) is printed as the sweep runs; a failed job does not stop the others, and
+the report lists it. The report's control and its paired comparisons are the preset's :data:`STUDY_REPORTS`
+entry (the preset's YAML holds the grid; the Hydra schema has no place for report settings).
 """
 
 from __future__ import annotations
@@ -22,12 +24,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 from experiments.sweep import PARENT_FILE
 from experiments.tracking import ensure_experiment
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
+REFERENCES = Path(__file__).resolve().parents[1] / "docs" / "results"
+"""Published results of each preset (``<preset>.json``): the README's tables are generated from them."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,14 @@ def study_config(preset: str, overrides: list[str]):
         return compose("config", overrides=[f"experiment={preset}", *overrides], return_hydra_config=True)
 
 
+def reference_file(preset: str, given: str | None) -> Path | None:
+    """The published results the study is checked against: ``given``, else the shipped docs/results/<preset>.json."""
+    if given is not None:
+        return None if given.lower() == "none" else Path(given)
+    shipped = REFERENCES / f"{preset}.json"
+    return shipped if shipped.is_file() else None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -78,6 +90,12 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="condition the others are compared with (default: the preset's, else intervention=none)",
     )
+    parser.add_argument(
+        "--reference",
+        default=None,
+        help="results file to check the study against (default: docs/results/<preset>.json when it exists; "
+        "'none' skips the check)",
+    )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides applied to every job")
     args = parser.parse_args(argv)
 
@@ -85,19 +103,17 @@ def main(argv: list[str] | None = None) -> int:
     cfg = study_config(args.preset, args.overrides)
     uri, experiment = str(cfg.tracking.uri), str(cfg.tracking.experiment)
 
-    print(f"[study] 1/3 base model for task '{cfg.task.name}' (built once, then cached)", flush=True)
-    from experiments.base_model import SFTRecipe, ensure_base_model
-
-    task = OmegaConf.to_container(cfg.task, resolve=True)
-    started = time.perf_counter()
-    base = ensure_base_model(
-        task.pop("name"),
-        task,
-        SFTRecipe(seed=int(cfg.model.base_seed)),
-        tracking_uri=uri if cfg.tracking.enabled else None,
-        max_seconds=float(cfg.model.base_max_seconds),
+    print(
+        f"[study] 1/3 base model for task '{cfg.task.name}' (shipped, or built once and cached)", flush=True
     )
-    print(f"[study]     {base} ({time.perf_counter() - started:.0f} s)", flush=True)
+    from experiments.train import base_model
+
+    started = time.perf_counter()
+    job = cfg.copy()
+    with open_dict(job):
+        del job["hydra"]
+    base = base_model(OmegaConf.to_object(job), OmegaConf.to_container(cfg.task, resolve=True))
+    print(f"[study]     {base.tag}: {base.path} ({time.perf_counter() - started:.0f} s)", flush=True)
     if cfg.tracking.enabled:
         ensure_experiment(uri, experiment)  # once, before the jobs fan out
 
@@ -136,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
             control=args.control or settings.control,
             min_seeds=3,
             pairs=settings.pairs,
+            reference=reference_file(args.preset, args.reference),
         )
     )
     print(f"\n[study] report: {report}")

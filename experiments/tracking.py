@@ -10,6 +10,8 @@ in one ``log_batch`` per step.
 from __future__ import annotations
 
 import json
+import os
+import platform
 import subprocess
 import time
 from pathlib import Path
@@ -18,7 +20,7 @@ from typing import Any
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from runrecord import RESUMED_TAG
+from runrecord import CPU_TAG, RESUMED_TAG
 
 MAX_PARAMS_PER_BATCH = 100
 
@@ -47,6 +49,31 @@ def git_commit() -> str:
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def cpu_model() -> str:
+    """The processor's model name (/proc/cpuinfo on Linux), else what the platform module knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith(("model name", "hardware", "cpu model")):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def provenance() -> dict[str, str]:
+    """What a result depends on besides its config and code: processor, library versions (tags of every run)."""
+    import torch
+    import transformers
+
+    return {
+        CPU_TAG: cpu_model(),
+        "quadrl.cpu_count": str(os.cpu_count()),
+        "quadrl.torch": torch.__version__,
+        "quadrl.transformers": transformers.__version__,
+        "quadrl.python": platform.python_version(),
+    }
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, str]:

@@ -18,16 +18,17 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 import interventions
-from experiments.base_model import METADATA_FILE, load_metadata
+from experiments.base_model import METADATA_FILE, ResolvedBase, SFTRecipe, load_metadata, resolve_base_model
 from experiments.tasks import make_task
-from experiments.tracking import Tracker, flatten, git_commit
+from experiments.tracking import Tracker, flatten, git_commit, provenance
 from grpo import checkpoint
 from grpo.checks import ConfigError
 from grpo.config import QuadrlConfig, register_configs, validate
 from grpo.credit import build_intervention
-from grpo.model import load_policy
+from grpo.model import load_policy, resolve_device
 from grpo.trainer import Trainer
 from runrecord import (
+    BASE_MODEL_TAG,
     CONDITION_TAG,
     OVERRIDE_TAG_PREFIX,
     OVERRIDES_TAG,
@@ -79,16 +80,17 @@ def resolve_run_dir(cfg: QuadrlConfig) -> Path:
         return Path.cwd()
 
 
-def model_path(cfg: QuadrlConfig, task_params: dict[str, Any]) -> Path:
+def base_model(cfg: QuadrlConfig, task_params: dict[str, Any]) -> ResolvedBase:
+    """The model the run starts from: a local directory, or the built-in base model (shipped or built)."""
     if cfg.model.source == "local":
-        return Path(str(cfg.model.path)).expanduser()
-    from experiments.base_model import SFTRecipe, ensure_base_model
-
+        path = Path(str(cfg.model.path)).expanduser()
+        return ResolvedBase(path, f"local:{path}")
     params = {k: v for k, v in task_params.items() if k != "name"}
-    return ensure_base_model(
+    return resolve_base_model(
         task_params["name"],
         params,
         SFTRecipe(seed=cfg.model.base_seed),
+        base=cfg.model.base,
         tracking_uri=cfg.tracking.uri if cfg.tracking.enabled else None,
         max_seconds=cfg.model.base_max_seconds,
     )
@@ -116,6 +118,9 @@ def run(raw: DictConfig) -> dict[str, float]:
         cfg.sampling.max_new_tokens = raw.sampling.max_new_tokens = int(task.max_new_tokens)
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
+    if cfg.train.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for deterministic GEMMs
+        torch.use_deterministic_algorithms(True)
 
     run_dir = resolve_run_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -136,6 +141,10 @@ def run(raw: DictConfig) -> dict[str, float]:
         OVERRIDES_TAG: json.dumps(overrides),
         CONDITION_TAG: condition_of(overrides),
         "quadrl.run_dir": str(run_dir),
+        "quadrl.threads": str(torch.get_num_threads()),
+        "quadrl.deterministic": str(cfg.train.deterministic),
+        "quadrl.device": str(resolve_device(cfg.model.device)),
+        **provenance(),
     }
     for override in overrides:
         tags[OVERRIDE_TAG_PREFIX + override_key(override)] = unescape(override.partition("=")[2])
@@ -152,7 +161,9 @@ def run(raw: DictConfig) -> dict[str, float]:
         if state is None:
             tracker.log_text(OmegaConf.to_yaml(raw, resolve=True), "config.yaml")
     try:
-        path = model_path(cfg, task_params)
+        base = base_model(cfg, task_params)
+        path = base.path
+        tracker.set_tags({BASE_MODEL_TAG: base.tag})
         if (path / METADATA_FILE).is_file():
             info = load_metadata(path)
             tracker.set_tags(

@@ -19,6 +19,7 @@ from runrecord import DEFAULT_TRACKING_URI
 
 Schedule = Literal["constant", "linear", "cosine"]
 ModelSource = Literal["builtin", "local"]
+BaseChoice = Literal["shipped", "build"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 ChatTemplate = Literal["auto", "never"]
 
@@ -53,6 +54,10 @@ class ModelConfig:
     """LoRA adapter settings (full fine-tuning when lora.enabled is false)."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward (large models)."""
+    base: str = "shipped"
+    """source=builtin: 'shipped' loads the base model the repository ships for the task (models/<task>, checksums
+    verified) when the run asks for exactly what it was built from, else builds one; 'build' always builds
+    (cached in ~/.cache/quadrl)."""
     base_seed: int = 0
     """Seed of the built-in base model's pre-training (source=builtin)."""
     base_max_seconds: float = 600.0
@@ -141,7 +146,12 @@ class TrainConfig:
     """Response tokens (over the whole batch, padding skipped) per chunk when computing log-probs from hidden
     states: bounds the float32 [tokens, vocab] logits held at once (4096 x 150k vocab ~ 2.5 GB)."""
     threads: int = 0
-    """torch intra-op threads (0 = leave torch's default)."""
+    """torch intra-op threads (0 = leave torch's default). Threads change the order of float sums, so the same
+    seed gives the same numbers only at the same thread count (tagged ``quadrl.threads`` on every run)."""
+    deterministic: bool = False
+    """torch.use_deterministic_algorithms(True) (and CUBLAS_WORKSPACE_CONFIG on CUDA): an op without a
+    deterministic implementation raises instead of varying from run to run. CPU runs are reproducible on one
+    machine without it; it matters on GPUs."""
     progress: bool = True
     """Show a progress bar."""
 
@@ -234,6 +244,7 @@ _CHOICES = {
     "optim.schedule": Schedule,
     "optim.name": OptimizerName,
     "model.source": ModelSource,
+    "model.base": BaseChoice,
     "model.dtype": DType,
     "model.chat_template": ChatTemplate,
 }

@@ -89,7 +89,9 @@ SCOPES = ("group", "batch")
 def _share(values: Tensor, members: Tensor, group_ids: Tensor, n_groups: int) -> Tensor:
     """w = count_{g,t} * v / sum_{g,t} v over the members of each (group, position); 0 for non-members."""
     v = values * members
-    total = segment_sum(v, group_ids, n_groups)[group_ids]  # [B, T]: sum over the token's group at its position
+    total = segment_sum(v, group_ids, n_groups)[
+        group_ids
+    ]  # [B, T]: sum over the token's group at its position
     count = segment_sum(members, group_ids, n_groups)[group_ids]
     return torch.where(members > 0, count * v / total.clamp_min(torch.finfo(values.dtype).tiny), 0.0)
 

@@ -65,7 +65,9 @@ def dump_store(uri: str, out: Path) -> None:
     for r in runs:
         if r.data.tags.get("quadrl.role") == "sweep":
             continue
-        condition = r.data.tags["override.intervention"]  # the full condition holds the temporary store's path
+        condition = r.data.tags[
+            "override.intervention"
+        ]  # the full condition holds the temporary store's path
         metrics = {}
         for key in sorted(r.data.metrics):
             history = client.get_metric_history(r.info.run_id, key)
@@ -97,7 +99,9 @@ def compare(a: Path, b: Path) -> int:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run")
     r.add_argument("--repo", type=Path, default=Path.cwd())

@@ -252,7 +252,7 @@ OTHER_VALUES = {
     "dense_eval_every": 3,
     "max_steps": 100,
     "allow_out_of_band": True,
-    "num_threads": 1,
+    "num_threads": 2,
 }
 """A value other than the default for every recipe field: a new field without an entry here fails the test."""
 
@@ -285,3 +285,70 @@ def test_pretrain_takes_nothing_that_changes_the_model_outside_the_recipe():
         "tracking_uri",
         "verbose",
     }
+
+
+# ------------------------------------------------------------------------------------------- shipped models
+
+SHIPPED = sorted(p for p in bm.SHIPPED_DIR.iterdir() if (p / bm.METADATA_FILE).is_file())
+
+
+@pytest.mark.parametrize("model_dir", SHIPPED, ids=lambda p: p.name)
+def test_shipped_models_match_their_checksums_and_keys(model_dir):
+    meta = bm.load_metadata(model_dir)
+    assert bm.verify_shipped(model_dir) == meta["sha256"]["model.safetensors"]
+    assert set(meta["sha256"]) >= {"model.safetensors", "tokenizer.json", "config.json"}
+    assert meta["in_band"] and meta["key"].startswith(f"{meta['task']}-seed0-")
+
+
+def test_arith_and_countdown_ship_a_base_model():
+    assert {"arith", "countdown"} <= {p.name for p in SHIPPED}
+
+
+def test_a_changed_or_missing_shipped_file_is_refused_by_name(tmp_path, monkeypatch):
+    import shutil
+
+    original, copy = bm.SHIPPED_DIR / "arith", tmp_path / "models" / "arith"
+    shutil.copytree(original, copy)
+    weights = copy / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1  # one bit of one weight
+    weights.write_bytes(bytes(data))
+    with pytest.raises(bm.ShippedModelError, match=r"model\.safetensors: sha256 .* does not match"):
+        bm.verify_shipped(copy)
+    # a run never silently rebuilds over a corrupted shipped model
+    monkeypatch.setattr(bm, "SHIPPED_DIR", tmp_path / "models")
+    monkeypatch.setattr(
+        bm, "ensure_base_model", lambda *a, **k: pytest.fail("rebuilt a corrupted shipped model")
+    )
+    with pytest.raises(bm.ShippedModelError, match=str(weights)):
+        bm.resolve_base_model("arith", {}, tracking_uri=None)
+    shutil.copy(original / "model.safetensors", weights)
+    (copy / "tokenizer.json").unlink()
+    with pytest.raises(bm.ShippedModelError, match=r"tokenizer\.json: missing"):
+        bm.resolve_base_model("arith", {}, tracking_uri=None)
+
+
+def test_the_shipped_model_is_used_only_for_what_it_was_built_from(monkeypatch):
+    built = []
+
+    def build(task, params, recipe, **kwargs):
+        built.append((task, dict(params), recipe))
+        return bm.SHIPPED_DIR.parent / "cache" / bm.base_model_key(task, params, recipe)
+
+    monkeypatch.setattr(bm, "ensure_base_model", build)
+    said: list[str] = []
+    shipped = bm.resolve_base_model("arith", {"n_test": 200}, tracking_uri=None, say=said.append)
+    sha = bm.load_metadata(bm.SHIPPED_DIR / "arith")["sha256"]["model.safetensors"]
+    assert shipped.path == bm.SHIPPED_DIR / "arith" and shipped.tag == f"shipped:{sha[:16]}"
+    assert built == [] and said == []
+
+    other = bm.resolve_base_model("arith", {"max_digits": 6}, tracking_uri=None, say=said.append)
+    assert built[-1][:2] == ("arith", {"max_digits": 6}) and other.tag.startswith("built:arith-seed0-")
+    assert len(said) == 1 and "max_digits=6 (shipped: 4)" in said[0] and "building" in said[0]
+
+    bm.resolve_base_model("arith", {}, SFTRecipe(seed=3), tracking_uri=None, say=said.append)
+    assert built[-1][2].seed == 3 and "seed=3 (shipped: 0)" in said[-1]
+
+    said.clear()
+    forced = bm.resolve_base_model("arith", {}, base="build", tracking_uri=None, say=said.append)
+    assert forced.tag.startswith("built:") and len(built) == 3 and said == []

@@ -170,9 +170,44 @@ def test_unset_sampling_budget_is_the_tasks(tmp_path, tiny_model_dir, math_jsonl
     assert all(0 < v <= 3 for v in lengths), lengths  # an untrained model rarely stops by itself: ~3
 
 
+def test_two_runs_from_the_shipped_base_model_log_the_same_numbers(tmp_path):
+    """model=tiny starts from the shipped arith base model (verified, never built) and, on one machine, two runs
+    of the same config log bit-identical values for every metric at every step (perf/* timings aside)."""
+    histories = []
+    for name in ("a", "b"):
+        cfg = compose_config(
+            *small(
+                tmp_path / name,
+                "train.steps=3",
+                "eval.every=3",
+                "sampling.max_new_tokens=null",
+                "optim.lr=1e-4",
+            ),
+            "diagnostics.every=2",
+            "train.threads=1",
+        )
+        run(cfg)
+        uri = f"sqlite:///{tmp_path / name / 'mlflow.db'}"
+        rec = only_run(uri)
+        sha = rec.data.tags["quadrl.base_model"]
+        assert (
+            sha.startswith("shipped:")
+            and rec.data.tags["quadrl.cpu"]
+            and rec.data.tags["quadrl.threads"] == "1"
+        )
+        logged = history(uri, rec.info.run_id)
+        # repr: bit for bit, and an empty quadrant's NaN mean equals itself
+        histories.append(
+            {k: {t: repr(v) for t, v in h.items()} for k, h in logged.items() if "perf/" not in k}
+        )
+    assert histories[0].keys() == histories[1].keys() and len(histories[0]) > 50
+    assert histories[0] == histories[1]
+    assert float(histories[0]["eval/accuracy"][0]) > 0.2  # the shipped base model, not a random one
+
+
 @pytest.mark.slow
 def test_grpo_raises_test_accuracy_on_builtin_base(tmp_path):
-    """GRPO on the built-in arith base model (pre-trained into 20-60% greedy accuracy, cached)."""
+    """GRPO on the shipped arith base model (pre-trained into 20-60% greedy accuracy)."""
     cfg = compose_config(
         f"run_dir={tmp_path / 'run'}",
         f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",

@@ -1,0 +1,308 @@
+"""A study's results as a machine-readable file, the check of a fresh study against such a file, and the README
+tables generated from them.
+
+Results file (JSON, written by every report as ``results.json``)::
+
+    {"metric": "eval/accuracy", "compare_on": "final", "control": "intervention=none", "generated": "...",
+     "machine": {"quadrl.cpu": "...", "quadrl.torch": "...", ...}, "shared_overrides": [...],
+     "conditions": {"intervention=hapo": {"seeds": [0, 1, ...], "values": [0.61, ...], "mean": ...,
+                    "lo": ..., "hi": ..., "mean_diff": ..., "p_welch_holm": ...}, ...}}
+
+``values`` are each seed's value of the compared quantity (the metric's value at the run's last step for
+``final``), in seed order: enough to recompute every statistic, and to compare two studies seed by seed.
+
+Reference check. For each condition in both files: the difference of the means (fresh - reference) and its 95%
+percentile-bootstrap interval, resampling the seeds of each side independently; the condition *agrees* when the
+interval contains 0. An interval over 5 seeds per side is a rough instrument: the check says "no detectable
+difference", not "equal". Conditions whose order flipped (a above b in the reference, below in the fresh study)
+are listed pair by pair.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analysis import tables
+from analysis.stats import MetricSummary
+from runrecord import CPU_TAG, PROVENANCE_TAGS
+
+FORMAT_VERSION = 1
+
+
+def results_from(
+    summary: MetricSummary, runs: pd.DataFrame, shared_overrides: Sequence[str] = ()
+) -> dict[str, object]:
+    """The results file's content for one metric's summary (``runs``: the RunSet's runs, for provenance)."""
+    per_run = summary.per_run.sort_values(["condition", "seed"])
+    conditions: dict[str, dict[str, object]] = {}
+    for row in summary.table.itertuples(index=False):
+        mine = per_run[per_run["condition"] == row.condition]
+        conditions[row.condition] = {
+            "seeds": [None if pd.isna(s) else int(s) for s in mine["seed"]],
+            "values": [float(v) for v in mine[summary.compare_on]],
+            "mean": _number(getattr(row, f"{summary.compare_on}_mean")),
+            "lo": _number(getattr(row, f"{summary.compare_on}_lo")),
+            "hi": _number(getattr(row, f"{summary.compare_on}_hi")),
+            "mean_diff": _number(row.mean_diff),
+            "p_welch_holm": _number(row.p_welch_holm),
+            "p_mwu_holm": _number(row.p_mwu_holm),
+            "n_finished": int(row.n_finished),
+            "n_failed": int(row.n_failed),
+        }
+    machine: dict[str, object] = {}
+    for tag in PROVENANCE_TAGS:
+        column = f"tags.{tag}"
+        values = sorted({str(v) for v in runs[column].dropna()}) if column in runs.columns else []
+        if values:
+            machine[tag] = values[0] if len(values) == 1 else values
+    return {
+        "format": FORMAT_VERSION,
+        "metric": summary.metric,
+        "compare_on": summary.compare_on,
+        "control": summary.control,
+        "generated": dt.date.today().isoformat(),
+        "machine": machine,
+        "shared_overrides": list(shared_overrides),
+        "conditions": conditions,
+    }
+
+
+def _number(x: object) -> float | None:
+    return None if x is None or x is pd.NA or (isinstance(x, float) and math.isnan(x)) else float(x)
+
+
+def write_results(results: Mapping[str, object], path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=1) + "\n")
+    return path
+
+
+def read_results(path: str | Path) -> dict[str, object]:
+    path = Path(path)
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: not a readable results file ({exc})") from exc
+    if not isinstance(results, dict) or "conditions" not in results:
+        raise ValueError(f"{path}: not a quadrl results file (no 'conditions')")
+    return results
+
+
+# ----------------------------------------------------------------------------------------------- reference
+
+
+@dataclass(frozen=True)
+class ConditionCheck:
+    condition: str
+    fresh_mean: float
+    reference_mean: float
+    diff: float
+    """fresh - reference."""
+    lo: float
+    hi: float
+    agrees: bool
+    """The interval contains 0 (no detectable difference)."""
+
+
+@dataclass(frozen=True)
+class ReferenceCheck:
+    metric: str
+    conditions: list[ConditionCheck]
+    flipped: list[tuple[str, str]]
+    """(a, b): a above b in the reference, below in the fresh study."""
+    only_fresh: list[str]
+    only_reference: list[str]
+
+    @property
+    def disagreements(self) -> list[str]:
+        return [c.condition for c in self.conditions if not c.agrees]
+
+
+def diff_interval(
+    fresh: Sequence[float], reference: Sequence[float], *, n_resamples: int = 10_000, seed: int = 0
+) -> tuple[float, float, float]:
+    """(mean(fresh) - mean(reference), lo, hi): 95% percentile bootstrap, each side's seeds resampled apart.
+    One value on a side gives no interval (NaN bounds)."""
+    a, b = np.asarray(fresh, dtype=float), np.asarray(reference, dtype=float)
+    a, b = a[~np.isnan(a)], b[~np.isnan(b)]
+    diff = float(a.mean() - b.mean()) if a.size and b.size else math.nan
+    if a.size < 2 or b.size < 2:
+        return diff, math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    means_a = a[rng.integers(0, a.size, size=(n_resamples, a.size))].mean(axis=1)
+    means_b = b[rng.integers(0, b.size, size=(n_resamples, b.size))].mean(axis=1)
+    lo, hi = np.percentile(means_a - means_b, [2.5, 97.5])
+    return diff, float(lo), float(hi)
+
+
+def check_against(
+    fresh: Mapping[str, object], reference: Mapping[str, object], *, n_resamples: int = 10_000, seed: int = 0
+) -> ReferenceCheck:
+    """Condition by condition, does the fresh study agree with the reference (module docstring)?"""
+    if fresh.get("metric") != reference.get("metric") or fresh.get("compare_on") != reference.get(
+        "compare_on"
+    ):
+        raise ValueError(
+            f"the reference reports {reference.get('compare_on')} {reference.get('metric')}, this study "
+            f"{fresh.get('compare_on')} {fresh.get('metric')}: not comparable"
+        )
+    f_conds: Mapping[str, dict] = fresh["conditions"]  # type: ignore[assignment]
+    r_conds: Mapping[str, dict] = reference["conditions"]  # type: ignore[assignment]
+    common = [c for c in r_conds if c in f_conds]
+    checks = []
+    for i, cond in enumerate(common):
+        fv, rv = f_conds[cond]["values"], r_conds[cond]["values"]
+        diff, lo, hi = diff_interval(fv, rv, n_resamples=n_resamples, seed=seed + i)
+        agrees = bool(lo <= 0.0 <= hi) if not math.isnan(lo) else bool(diff == 0.0)
+        checks.append(ConditionCheck(cond, float(np.mean(fv)), float(np.mean(rv)), diff, lo, hi, agrees))
+    means = {c.condition: (c.reference_mean, c.fresh_mean) for c in checks}
+    flipped = [
+        (a, b)
+        for i, a in enumerate(common)
+        for b in common[i + 1 :]
+        if (means[a][0] - means[b][0]) * (means[a][1] - means[b][1]) < 0
+    ]
+    flipped = [(a, b) if means[a][0] > means[b][0] else (b, a) for a, b in flipped]
+    return ReferenceCheck(
+        metric=str(fresh.get("metric")),
+        conditions=checks,
+        flipped=flipped,
+        only_fresh=[c for c in f_conds if c not in r_conds],
+        only_reference=[c for c in r_conds if c not in f_conds],
+    )
+
+
+def reference_markdown(check: ReferenceCheck, reference_path: str | Path) -> str:
+    """The report's "Against the reference" section."""
+    header = ["condition", "fresh", "reference", "fresh - reference [95% CI]", "verdict"]
+    rows = [
+        [
+            c.condition,
+            tables.fmt_num(c.fresh_mean),
+            tables.fmt_num(c.reference_mean),
+            tables.fmt_ci(c.diff, c.lo, c.hi),
+            "agrees" if c.agrees else "DIFFERS",
+        ]
+        for c in check.conditions
+    ]
+    n_bad = len(check.disagreements)
+    verdict = (
+        f"All {len(check.conditions)} conditions agree with the reference"
+        if not n_bad
+        else f"{n_bad} of {len(check.conditions)} conditions differ from the reference: {', '.join(check.disagreements)}"
+    )
+    lines = [
+        f"## Against the reference (`{reference_path}`)",
+        "",
+        f"{verdict}. Agrees: the 95% bootstrap interval of the difference of the means (seeds of each side "
+        f"resampled apart) contains 0 -- no detectable difference, which is not proof of equality.",
+        "",
+        tables.to_markdown(header, rows),
+        "",
+    ]
+    if check.flipped:
+        lines += ["Order flipped (reference a > b, fresh a < b):", ""]
+        lines += [f"- `{a}` vs `{b}`" for a, b in check.flipped] + [""]
+    else:
+        lines += ["No pair of conditions changed order.", ""]
+    if check.only_fresh or check.only_reference:
+        lines += [
+            f"Only in this study: {check.only_fresh}; only in the reference: {check.only_reference}.",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def reference_summary_line(check: ReferenceCheck) -> str:
+    """One line for the end of a study."""
+    n, bad = len(check.conditions), check.disagreements
+    if not bad and not check.flipped:
+        return f"reproduced the reference: {n}/{n} conditions agree, no order flipped"
+    return (
+        f"{n - len(bad)}/{n} conditions agree with the reference"
+        + (f"; differ: {', '.join(bad)}" if bad else "")
+        + (f"; {len(check.flipped)} pair(s) changed order" if check.flipped else "")
+    )
+
+
+# ----------------------------------------------------------------------------------------------- README tables
+
+_BLOCK = re.compile(r"(<!-- results: (?P<path>\S+) -->\n)(?P<body>.*?)(<!-- /results -->)", re.S)
+
+
+def results_table(results: Mapping[str, object]) -> str:
+    """The README table of a results file: each condition's mean [95% CI] and its difference from the control
+    with the Holm-corrected Welch p-value, then the date and the machine it was measured on."""
+    conds: Mapping[str, dict] = results["conditions"]  # type: ignore[assignment]
+    control = results.get("control")
+    header = [
+        "condition",
+        "seeds",
+        f"{results['compare_on']} {results['metric']} [95% CI]",
+        "vs. control (Welch p, Holm)",
+    ]
+    rows = []
+    for name, c in conds.items():
+        vs = (
+            "control"
+            if name == control
+            else f"{tables.fmt_num(c['mean_diff'])} ({tables.fmt_p(c['p_welch_holm'])})"
+        )
+        rows.append([name, str(len(c["values"])), tables.fmt_ci(c["mean"], c["lo"], c["hi"]), vs])
+    machine: Mapping[str, object] = results.get("machine", {})  # type: ignore[assignment]
+    cpu = machine.get(CPU_TAG, "unknown CPU")
+    torch_version = machine.get("quadrl.torch", "?")
+    return (
+        tables.to_markdown(header, rows)
+        + f"\n\nMeasured {results.get('generated')} on {cpu} (torch {torch_version}); generated from the results file.\n"
+    )
+
+
+def update_readme(readme: str | Path, root: str | Path | None = None, *, check: bool = False) -> list[str]:
+    """Regenerate every ``<!-- results: FILE -->`` ... ``<!-- /results -->`` block of ``readme`` from FILE
+    (relative to ``root``, default the README's folder). Returns the files whose block was stale; with
+    ``check`` nothing is written."""
+    readme = Path(readme)
+    root = Path(root) if root is not None else readme.parent
+    text = readme.read_text()
+    stale: list[str] = []
+
+    def fill(match: re.Match[str]) -> str:
+        body = results_table(read_results(root / match["path"]))
+        if body != match["body"]:
+            stale.append(match["path"])
+        return match.group(1) + body + match.group(4)
+
+    new = _BLOCK.sub(fill, text)
+    if not check and new != text:
+        readme.write_text(new)
+    return stale
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m analysis.results readme [--check]``: regenerate (or check) the README's results tables."""
+    parser = argparse.ArgumentParser(prog="python -m analysis.results", description=main.__doc__)
+    parser.add_argument("command", choices=["readme"])
+    parser.add_argument("--readme", default="README.md")
+    parser.add_argument("--check", action="store_true", help="exit 1 if a table is stale, write nothing")
+    args = parser.parse_args(argv)
+    stale = update_readme(args.readme, check=args.check)
+    for path in stale:
+        print(f"{'stale' if args.check else 'regenerated'}: the table of {path}")
+    return 1 if (stale and args.check) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

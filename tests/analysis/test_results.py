@@ -1,0 +1,141 @@
+"""Results files, the check of a fresh study against a published one, and the README tables generated from them.
+
+Synthetic runs in a real MLflow store (analysis.synthetic), as the statistics tests do: a planted disagreement must
+be flagged, an identical re-run must not.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from analysis import report
+from analysis.results import (
+    check_against,
+    diff_interval,
+    read_results,
+    results_table,
+    update_readme,
+)
+from analysis.synthetic import SyntheticCondition, log_synthetic_sweep
+from tests.conftest import REPO
+
+CTRL = "intervention=none"
+
+
+def study(tmp_path, name: str, finals: dict[str, float], seed: int = 0) -> dict:
+    """A synthetic 5-seed sweep logged to a fresh SQLite store, reported; returns its results file."""
+    uri = f"sqlite:///{tmp_path / f'{name}.db'}"
+    conditions = [SyntheticCondition(i, f) for i, f in finals.items()]
+    parent = log_synthetic_sweep(
+        uri, name, conditions, seed=seed, artifact_location=str(tmp_path / f"art-{name}")
+    )
+    out = tmp_path / name
+    report.build_report(
+        report.ReportOptions(
+            out_dir=out, tracking_uri=uri, parent_run_id=parent, control=CTRL, n_resamples=2000
+        )
+    )
+    return read_results(out / "results.json")
+
+
+REFERENCE = {"none": 0.70, "only_pos_high": 0.85, "hapo": 0.75}
+
+
+def test_results_file_holds_every_seed_and_the_table(tmp_path):
+    results = study(tmp_path, "ref", REFERENCE)
+    assert results["metric"] == "eval/accuracy" and results["compare_on"] == "final"
+    assert results["control"] == CTRL and set(results["conditions"]) == {
+        f"intervention={k}" for k in REFERENCE
+    }
+    pos = results["conditions"]["intervention=only_pos_high"]
+    assert pos["seeds"] == [0, 1, 2, 3, 4] and len(pos["values"]) == 5
+    assert pos["mean"] == pytest.approx(np.mean(pos["values"]))
+    assert pos["lo"] <= pos["mean"] <= pos["hi"]
+    assert pos["mean_diff"] == pytest.approx(pos["mean"] - results["conditions"][CTRL]["mean"])
+    assert results["conditions"][CTRL]["p_welch_holm"] is None  # the control is not tested against itself
+
+
+def test_an_identical_rerun_agrees_and_a_planted_disagreement_is_flagged(tmp_path):
+    reference = study(tmp_path, "ref", REFERENCE)
+    rerun = study(tmp_path, "rerun", REFERENCE)  # same code, same seeds: the same numbers
+    same = check_against(rerun, reference)
+    assert same.disagreements == [] and same.flipped == [] and all(c.diff == 0.0 for c in same.conditions)
+
+    planted = study(tmp_path, "planted", {**REFERENCE, "only_pos_high": 0.55})  # -0.30 on one condition
+    check = check_against(planted, reference)
+    assert check.disagreements == ["intervention=only_pos_high"]
+    bad = next(c for c in check.conditions if c.condition == "intervention=only_pos_high")
+    assert bad.hi < 0 and bad.diff == pytest.approx(-0.30, abs=0.05)
+    # only_pos_high was above both others and is now below both: two pairs changed order
+    assert sorted(check.flipped) == [
+        ("intervention=only_pos_high", "intervention=hapo"),
+        ("intervention=only_pos_high", "intervention=none"),
+    ]
+
+
+def test_report_with_reference_says_which_condition_differs(tmp_path, capsys):
+    reference = study(tmp_path, "ref", REFERENCE)
+    ref_file = tmp_path / "reference.json"
+    ref_file.write_text(json.dumps(reference))
+    uri = f"sqlite:///{tmp_path / 'fresh.db'}"
+    parent = log_synthetic_sweep(
+        uri,
+        "fresh",
+        [SyntheticCondition(i, f) for i, f in {**REFERENCE, "hapo": 0.95}.items()],
+        artifact_location=str(tmp_path / "art-fresh"),
+    )
+    code = report.main(
+        ["--tracking-uri", uri, "--parent-run", parent, "--out", str(tmp_path / "rep"), "--control", CTRL]
+        + ["--reference", str(ref_file), "--resamples", "2000"]
+    )
+    assert code == 0
+    text = (tmp_path / "rep" / "report.md").read_text()
+    section = text.split("## Against the reference", 1)[1].split("## Warnings", 1)[0]
+    assert "1 of 3 conditions differ from the reference: intervention=hapo" in section
+    assert "| intervention=hapo |" in section and "DIFFERS" in section
+    assert "`intervention=only_pos_high` vs `intervention=hapo`" in section  # 0.85 > 0.75 became 0.85 < 0.95
+    assert "1 pair(s) changed order" in capsys.readouterr().out
+
+
+def test_false_alarm_rate_of_the_agreement_check_at_5_seeds():
+    """The interval is a nominal 95% percentile bootstrap; with 5 seeds per side it is too narrow (small-sample
+    bootstrap), so the real false-alarm rate of "DIFFERS" between two honest re-runs is above 5%: measured here
+    over 1000 null pairs, and it must stay below 15% (the README states the measured rate). A planted shift of
+    3 seed-SDs is caught nearly always."""
+    rng = np.random.default_rng(0)
+    null = [
+        diff_interval(rng.normal(0.6, 0.03, 5), rng.normal(0.6, 0.03, 5), n_resamples=1000, seed=i)
+        for i in range(1000)
+    ]
+    false_alarms = np.mean([not (lo <= 0 <= hi) for _, lo, hi in null])
+    shifted = [
+        diff_interval(rng.normal(0.69, 0.03, 5), rng.normal(0.6, 0.03, 5), n_resamples=1000, seed=i)
+        for i in range(300)
+    ]
+    power = np.mean([not (lo <= 0 <= hi) for _, lo, hi in shifted])
+    assert 0.03 < false_alarms < 0.15, false_alarms
+    assert power > 0.95, power
+
+
+def test_readme_tables_are_generated_from_the_results_files(tmp_path):
+    results = study(tmp_path, "ref", REFERENCE)
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "r.json").write_text(json.dumps(results))
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- results: docs/r.json -->\nold table\n<!-- /results -->\nend\n")
+    assert update_readme(readme, check=True) == ["docs/r.json"] and "old table" in readme.read_text()
+    assert update_readme(readme) == ["docs/r.json"]
+    text = readme.read_text()
+    assert (
+        results_table(results) in text
+        and "old table" not in text
+        and text.endswith("<!-- /results -->\nend\n")
+    )
+    assert update_readme(readme, check=True) == []
+
+
+def test_the_repository_readme_tables_match_their_results_files():
+    assert update_readme(REPO / "README.md", check=True) == []
