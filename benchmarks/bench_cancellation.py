@@ -1,6 +1,6 @@
 """What the per-step cancellation diagnostics (``cancel/*``, grpo/cancellation.py) cost against a training step.
 
-    python benchmarks/bench_cancellation.py                      # arith base model, the study's batch, 2 threads
+    python benchmarks/bench_cancellation.py                      # shipped arith base, the study's batch, 1 thread
     python benchmarks/bench_cancellation.py --model DIR --steps 10
 
 Part 1 trains ``--steps`` GRPO steps (16 prompts x G = 8 on arith, the study's settings, no evaluation) and reads
@@ -26,21 +26,23 @@ def train_steps(model_dir: Path | None, steps: int) -> list[dict[str, float]]:
 
     import interventions  # noqa: F401  (registers every method)
     from experiments.tasks import make_task
-    from experiments.train import model_path
+    from experiments.train import base_model
     from grpo.config import QuadrlConfig, validate
     from grpo.credit import build_intervention
     from grpo.metrics import NullSink
     from grpo.model import load_policy
     from grpo.trainer import Trainer
 
-    cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(QuadrlConfig), {"tracking": {"enabled": False}}))
+    cfg = OmegaConf.to_object(
+        OmegaConf.merge(OmegaConf.structured(QuadrlConfig), {"tracking": {"enabled": False}})
+    )
     if model_dir is not None:
         cfg.model.source, cfg.model.path = "local", str(model_dir)
     validate(cfg)
     task_params = {"name": "arith"}
     task = make_task(**task_params)
     cfg.sampling.max_new_tokens = int(task.max_new_tokens)
-    path = model_dir if model_dir is not None else model_path(cfg, task_params)
+    path = model_dir if model_dir is not None else base_model(cfg, task_params).path
     policy = load_policy(cfg.model, path, need_reference=False, seed=0)
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = Trainer(cfg, policy, task, build_intervention({"name": "none"}), NullSink(), Path(run_dir))
@@ -79,10 +81,14 @@ def time_metrics(batch: int, group: int, width: int, repeats: int = 5) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=None, help="local model dir (default: the arith base model)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--model", type=Path, default=None, help="local model dir (default: the shipped arith base)"
+    )
     parser.add_argument("--steps", type=int, default=10, help="training steps timed (the first is dropped)")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (the study's jobs use 1)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -94,7 +100,9 @@ def main() -> None:
     print(f"  step time      median {statistics.median(step) * 1e3:8.1f} ms")
     print(f"  cancel/* time  median {statistics.median(cancel) * 1e3:8.2f} ms")
     print(f"  cancel / step  median {statistics.median(ratios):.2%}  max {max(ratios):.2%}  (target <= 5%)")
-    print(f"  shared token share (mean over steps): {statistics.mean(r['cancel/shared_token_share'] for r in records):.3f}")
+    print(
+        f"  shared token share (mean over steps): {statistics.mean(r['cancel/shared_token_share'] for r in records):.3f}"
+    )
     print("cancellation_metrics alone on random batches (median of 5):")
     for batch, group, width in ((128, 8, 64), (512, 16, 256), (512, 16, 1024), (1024, 16, 2048)):
         seconds = time_metrics(batch, group, width)

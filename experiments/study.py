@@ -62,12 +62,30 @@ STUDY_REPORTS = {
 """Report settings per preset of conf/experiment/; a preset not listed gets the defaults of StudyReport."""
 
 
+def split_sweeps(overrides: list[str]) -> tuple[list[str], dict[str, str]]:
+    """(the overrides that set one value, {key: values} of the sweeps such as ``seed=0,1`` or ``+mechanism=a,b``)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    single: list[str] = []
+    sweeps: dict[str, str] = {}
+    for text, parsed in zip(overrides, OverridesParser.create().parse_overrides(overrides), strict=True):
+        if parsed.is_sweep_override():
+            key, _, values = text.partition("=")
+            sweeps[key] = values
+        else:
+            single.append(text)
+    return single, sweeps
+
+
 def study_config(preset: str, overrides: list[str]):
+    """The preset's config with the given overrides minus their sweeps: one config (tracking, base model) for the
+    whole study (compose refuses sweeps); the sweep itself gets every override."""
     from grpo.config import register_configs
 
+    single, _ = split_sweeps(overrides)
     register_configs()
     with initialize_config_dir(config_dir=CONF, version_base=None):
-        return compose("config", overrides=[f"experiment={preset}", *overrides], return_hydra_config=True)
+        return compose("config", overrides=[f"experiment={preset}", *single], return_hydra_config=True)
 
 
 def reference_file(preset: str, given: str | None) -> Path | None:
@@ -118,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         ensure_experiment(uri, experiment)  # once, before the jobs fan out
 
     grid = OmegaConf.to_container(cfg.hydra.sweeper.params, resolve=False)
+    grid.update(split_sweeps(args.overrides)[1])  # command-line values win over the preset's grid
     print(f"[study] 2/3 sweep {grid} on launcher '{args.launcher}' -> {sweep_dir}", flush=True)
     command = [
         sys.executable,
