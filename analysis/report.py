@@ -199,8 +199,13 @@ def analyse(opts: ReportOptions) -> Report:
     if opts.pairs:
         resolved = []
         for cond, ref in opts.pairs:
-            names = [resolve_control(runset.runs, name, runset.shared_overrides)[0] for name in (cond, ref)]
-            resolved.append((str(names[0]), str(names[1])))
+            names = [str(resolve_control(runset.runs, n, runset.shared_overrides)[0]) for n in (cond, ref)]
+            missing = [n for n in names if n not in runset.conditions]
+            notes += [
+                Note("pairs", f"pair condition {n!r} is not among the runs; pair left out") for n in missing
+            ]
+            if not missing:
+                resolved.append((names[0], names[1]))
         pairs = compare_pairs(
             main.per_run,
             resolved,
@@ -210,9 +215,6 @@ def analyse(opts: ReportOptions) -> Report:
             n_resamples=opts.n_resamples,
             seed=seed,
         )
-        missing = sorted({c for pair in resolved for c in pair} - set(runset.conditions))
-        notes += [Note("pairs", f"pair condition {c!r} is not among the runs") for c in missing]
-
     used = (
         usable_runs(runset.runs, include_running=opts.include_running)
         if not runset.runs.empty
@@ -354,7 +356,8 @@ def render_markdown(report: Report, opts: ReportOptions) -> str:
             f"pairs. Verdict at alpha = {ALPHA} on the Holm-adjusted Welch p: a *collapse* is a change from the",
             "start significantly below 0 (table above); *collapse removed* = the fix is significantly better",
             "than its reference and not itself significantly below its start; *collapse reduced* = better but",
-            "still below its start; *collapse not removed* = no significant difference.",
+            "still below its start; *collapse not removed* = no significant difference; *too few seeds* = fewer",
+            f"than {max(opts.min_seeds, 2)} seeds on a side (not tested). Pairs whose conditions did not run are left out.",
             "",
         ]
     if report.reference is not None:

@@ -586,7 +586,8 @@ def compare_pairs(
     Columns: condition, reference, n, n_ref, mean/lo/hi and ref_mean/ref_lo/ref_hi (the ``compare_on`` value,
     bootstrap CIs), diff with diff_lo/diff_hi (bootstrap CI of the difference of means), p_welch, p_mwu and
     their Holm adjustments across the pairs, hedges_g, verdict (:func:`pair_verdict`, from ``changes`` =
-    :func:`change_from_start`). Pairs with fewer than ``min_seeds`` seeds on either side get no p-values.
+    :func:`change_from_start`). Pairs with fewer than ``min_seeds`` seeds on either side get no p-values and the
+    verdict ``too few seeds``.
     """
     by_condition = changes.set_index("condition") if not changes.empty else pd.DataFrame()
     rows = []
@@ -640,6 +641,8 @@ def compare_pairs(
             r.p_welch_holm,
             alpha,
         )
+        if min(r.n, r.n_ref) >= max(min_seeds, 2)
+        else "too few seeds"
         for r in table.itertuples(index=False)
     ]
     return table

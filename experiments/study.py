@@ -136,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         ensure_experiment(uri, experiment)  # once, before the jobs fan out
 
     grid = OmegaConf.to_container(cfg.hydra.sweeper.params, resolve=False)
-    grid.update(split_sweeps(args.overrides)[1])  # command-line values win over the preset's grid
+    single, sweeps = split_sweeps(args.overrides)  # command-line values win over the preset's grid
+    grid.update({**sweeps, **{k: v for k, _, v in (o.partition("=") for o in single) if k in grid}})
     print(f"[study] 2/3 sweep {grid} on launcher '{args.launcher}' -> {sweep_dir}", flush=True)
     command = [
         sys.executable,

@@ -80,7 +80,7 @@ def test_compare_pairs_planted_fixes():
     # Holm across the three pairs: the adjusted p is never below the raw one
     assert (t["p_welch_holm"] >= t["p_welch"]).all()
     too_few = compare_pairs(runs, pairs, changes, min_seeds=6, n_resamples=100)
-    assert too_few["p_welch"].isna().all() and set(too_few["verdict"]) == {"collapse not removed"}
+    assert too_few["p_welch"].isna().all() and set(too_few["verdict"]) == {"too few seeds"}
 
 
 def test_report_paired_section(tmp_path):
@@ -119,7 +119,8 @@ def test_report_paired_section(tmp_path):
         line for line in text.splitlines() if line.startswith("| intervention=mask_fixed | intervention=mask")
     )
     assert row.rstrip().endswith("| collapse removed |")
-    assert "pair condition 'intervention=typo' is not among the runs" in text
+    assert "pair condition 'intervention=typo' is not among the runs; pair left out" in text
+    assert "| intervention=typo |" not in text
     # the synthetic runs log no cancel/* or update norms: those figures are skipped with a note
     assert "figure 'cancellation' skipped" in text
 
