@@ -14,11 +14,16 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # this checkout's code, not an installed copy's
+    sys.path.insert(0, str(ROOT))
 
 
 def train_steps(model_dir: Path | None, steps: int) -> list[dict[str, float]]:

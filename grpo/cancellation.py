@@ -15,12 +15,12 @@ c_it the loss aggregation's coefficient (``grpo.loss.token_coefficients``: grpo 
 it, net_n = 0 because the group's advantages sum to 0: the shared steps cancel. |net_n| / gross_n in [0, 1] is
 how much of the node's gradient survives.
 
-Representation (vectorised, no loop over tokens or positions). Two responses i, k of one group share the node
-at position t iff they agree on tokens 0..t, both real there: t < lcp(i, k), the length of their longest common
-prefix (responses are right-padded; lcp(i, i) = |o_i|). :class:`SharedPrefixes` keeps, per row i, the rows of
-its group (``members`` [B, G]) and the membership ``t < lcp(i, k)`` as a [B, G, T] bool tensor, so any node
-aggregate (sum, min, max over its members) is one masked reduction over G, returned at every member token.
-Memory: B * G * T bools (128 x 8 x 40 for the arithmetic study).
+Representation (exact, no hashing, no loop over tokens or positions). Two responses i, k of one group share
+the node at position t iff they agree on tokens 0..t, both real there: t < lcp(i, k), the length of their
+longest common prefix (responses are right-padded; lcp(i, i) = |o_i|). :func:`shared_prefixes` compares every
+row with each member of its group (G passes over [B, T]) and gives every token a node id (the node's lowest
+member row and t) and its node's size; a node aggregate (sum, min, max over its members) is then one segment
+reduction over the B * T tokens, returned at every member token.
 
 Metrics (:func:`cancellation_metrics`, logged by the trainer every step unless ``diagnostics.cancellation``
 is false), with v_it = c_it w_it A_it over response tokens:
@@ -58,41 +58,40 @@ _MASS_KINDS = (*QUADRANTS, "mixed")
 
 @dataclass(frozen=True)
 class SharedPrefixes:
-    """The shared nodes of every group of a batch (module docstring). Build with :func:`shared_prefixes`."""
+    """The nodes of every group's prefix trie (module docstring). Build with :func:`shared_prefixes`."""
 
-    members: Tensor
-    """[B, G] long: the rows of row i's group (i included), -1 where the group has fewer than G rows."""
-    membership: Tensor
-    """[B, G, T] bool: row members[i, k] is in the node of token (i, t), i.e. t < lcp(i, members[i, k])."""
-
-    @property
-    def size(self) -> Tensor:
-        """[B, T] long: members of the node of each token (1 = unshared; 0 on padding)."""
-        return self.membership.sum(1)
+    node: Tensor
+    """[B, T] long: the node of each response token, ``r * T + t`` with r the first row (lowest index) of the
+    node's members; -1 on padding. Two tokens share a node iff they have the same id."""
+    size: Tensor
+    """[B, T] long: members of each token's node (1 = unshared; 0 on padding)."""
 
     @property
     def shared(self) -> Tensor:
         """[B, T] bool: tokens at a node that two or more responses share."""
         return self.size >= 2
 
-    def gather(self, values: Tensor) -> Tensor:
-        """[B, G, T]: ``values`` [B, T] of each row's group members (padding members read row 0, masked out)."""
-        return values[self.members.clamp_min(0)]
+    def _reduce(self, values: Tensor, how: str, empty: float) -> Tensor:
+        real = self.node >= 0
+        ids = self.node[real]
+        out = torch.full((self.node.numel(),), empty, dtype=values.dtype, device=values.device)
+        if how == "sum":
+            out.index_add_(0, ids, values[real])
+        else:
+            out.scatter_reduce_(0, ids, values[real], how, include_self=True)
+        return torch.where(real, out[self.node.clamp_min(0)], torch.full_like(values, empty))
 
     def node_sum(self, values: Tensor) -> Tensor:
-        """[B, T]: at each token, the sum of ``values`` over its node's members."""
-        member_values = self.gather(values)
-        return torch.where(self.membership, member_values, torch.zeros_like(member_values)).sum(1)
+        """[B, T]: at each token, the sum of ``values`` over its node's members (0 on padding)."""
+        return self._reduce(values, "sum", 0.0)
 
     def node_min(self, values: Tensor) -> Tensor:
         """[B, T]: at each token, the minimum of ``values`` over its node's members (+inf on padding)."""
-        member_values = self.gather(values)
-        return torch.where(self.membership, member_values, torch.full_like(member_values, math.inf)).amin(1)
+        return self._reduce(values, "amin", math.inf)
 
     def node_max(self, values: Tensor) -> Tensor:
         """[B, T]: at each token, the maximum of ``values`` over its node's members (-inf on padding)."""
-        member_values = self.gather(values)
-        return torch.where(self.membership, member_values, torch.full_like(member_values, -math.inf)).amax(1)
+        return self._reduce(values, "amax", -math.inf)
 
 
 def group_members(group_ids: Tensor) -> Tensor:
@@ -108,19 +107,30 @@ def group_members(group_ids: Tensor) -> Tensor:
 
 
 def shared_prefixes(response_ids: Tensor, response_mask: Tensor, group_ids: Tensor) -> SharedPrefixes:
-    """The shared nodes of each group's prefix trie (module docstring): one comparison of every pair of rows of
-    a group over all positions, then the first disagreement gives their longest common prefix."""
+    """The nodes of each group's prefix trie (module docstring).
+
+    For the k-th member of every row's group at once (a loop over the group size G, each pass [B, T]): the
+    first position where the row and that member disagree is their common prefix length lcp; the member is in
+    the row's node at position t iff t < lcp. The node's id is its lowest member row; its size counts members.
+    Time O(G * B * T), memory O(B * T)."""
     mask = response_mask.bool()
+    batch, width = response_ids.shape
     members = group_members(group_ids.to(response_ids.device))
-    safe = members.clamp_min(0)
-    agree = (response_ids[:, None, :] == response_ids[safe]) & mask[:, None, :] & mask[safe]
-    agree &= (members >= 0)[..., None]
-    # the first position where a pair disagrees (or T when it never does) is their common prefix length
-    width = response_ids.shape[-1]
-    disagree = ~agree
-    lcp = torch.where(disagree.any(-1), disagree.to(torch.uint8).argmax(-1), torch.full_like(members, width))
     positions = torch.arange(width, device=response_ids.device)
-    return SharedPrefixes(members=members, membership=positions < lcp[..., None])
+    first = torch.full((batch, width), batch, dtype=torch.long, device=response_ids.device)
+    size = torch.zeros((batch, width), dtype=torch.long, device=response_ids.device)
+    for k in range(members.shape[1]):
+        other = members[:, k]
+        safe = other.clamp_min(0)
+        disagree = (response_ids != response_ids[safe]) | ~mask | ~mask[safe] | (other < 0)[:, None]
+        lcp = torch.where(
+            disagree.any(-1), disagree.to(torch.uint8).argmax(-1), torch.full_like(other, width)
+        )
+        member = positions < lcp[:, None]
+        size += member
+        first = torch.where(member, torch.minimum(first, safe[:, None]), first)
+    node = torch.where(size > 0, first * width + positions, torch.full_like(first, -1))
+    return SharedPrefixes(node=node, size=size)
 
 
 def node_kinds(prefixes: SharedPrefixes, masks: QuadrantMasks) -> Tensor:
