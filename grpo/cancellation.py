@@ -36,7 +36,9 @@ is false), with v_it = c_it w_it A_it over response tokens:
   add up to the overall ones. ``zero_adv`` nodes carry no mass: only their token share is logged.
 
 Only the policy-gradient term at rho = 1 is counted (the first on-policy pass): the KL term and a method's extra
-loss terms are not.
+loss terms are not. c is that of the whole batch as one minibatch. With ``algo.minibatches`` > 1 every node still
+lies in one minibatch (they hold whole groups), so each node's net and gross are exact up to that minibatch's
+constant factor; only the weighting of minibatches in the batch sums can differ (dapo's per-minibatch count).
 """
 
 from __future__ import annotations
