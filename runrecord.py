@@ -37,12 +37,23 @@ PROVENANCE_TAGS = (CPU_TAG, "quadrl.cpu_count", "quadrl.torch", "quadrl.transfor
 RESUMED_TAG = "quadrl.resumed_at"
 """Set when a run was resumed from its checkpoint (a requeued or restarted job)."""
 
+SWEEP_CONDITION_TAG = "sweep.condition"
+"""A sweep job's values of the keys its sweep varies, without the seed (``intervention=hapo``): what MLflow's UI
+groups a sweep's runs by (the condition of :func:`condition_of` restricted to the swept keys)."""
+
 # tags of a sweep's parent run
 ROLE_TAG = "quadrl.role"
 """``sweep`` on a sweep's parent run, so that readers of an experiment can leave parents out."""
 SWEEP_ROLE = "sweep"
 SWEEP_SUMMARY_TAG = "quadrl.sweep_summary"
 """JSON: how many jobs finished, failed, were killed or requeued."""
+
+# tags of an experiment (MLflow's own)
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_DEVELOPMENT = "custom_model_development"
+"""The experiment kind of every experiment quadrl creates (not a GenAI experiment)."""
+SHARED_VIEW_TAG_PREFIX = "mlflow.sharedViewState."
+"""``<prefix><key>``: a saved runs-page view (what MLflow's "Share" button stores); quadrl saves one per sweep."""
 
 
 def unescape(text: str) -> str:

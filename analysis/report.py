@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
 from analysis import figures, tables
 from analysis.load import RunSet, load_runs
@@ -465,7 +466,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = parse_args(argv)
     try:
         _run_cli(a)
-    except ValueError as exc:  # unknown experiment, bad option value
+    except (ValueError, MlflowException) as exc:  # unknown experiment or run, bad option value
         print(f"quadrl-report: error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -79,6 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from experiments.tasks import TASKS
+
+    if args.task not in TASKS:  # refused before torch is imported
+        print(
+            f"quadrl-pretrain: error: unknown task {args.task!r}; registered tasks: {sorted(TASKS)}",
+            file=sys.stderr,
+        )
+        return 1
     from experiments.base_model import PretrainError, ensure_base_model, pretrain, recipe_from, ship
     from runrecord import DEFAULT_TRACKING_URI
 

@@ -24,13 +24,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf, open_dict
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from experiments.sweep import PARENT_FILE
+from experiments import CONF_DIR
+from experiments.sweep import PARENT_FILE, ui_lines
 from experiments.tracking import ensure_experiment
 
-CONF = str(Path(__file__).resolve().parents[1] / "conf")
-REFERENCES = Path(__file__).resolve().parents[1] / "docs" / "results"
+REFERENCES = CONF_DIR.parent / "docs" / "results"
 """Published results of each preset (``<preset>.json``): the README's tables are generated from them."""
 
 
@@ -62,30 +65,28 @@ STUDY_REPORTS = {
 """Report settings per preset of conf/experiment/; a preset not listed gets the defaults of StudyReport."""
 
 
-def split_sweeps(overrides: list[str]) -> tuple[list[str], dict[str, str]]:
-    """(the overrides that set one value, {key: values} of the sweeps such as ``seed=0,1`` or ``+mechanism=a,b``)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    single: list[str] = []
-    sweeps: dict[str, str] = {}
-    for text, parsed in zip(overrides, OverridesParser.create().parse_overrides(overrides), strict=True):
-        if parsed.is_sweep_override():
-            key, _, values = text.partition("=")
-            sweeps[key] = values
+def first_values(overrides: list[str]) -> list[str]:
+    """The overrides with each sweep (``seed=0,1,2``) replaced by its first value: one config to check."""
+    out = []
+    for override in OverridesParser.create().parse_overrides(overrides):
+        if override.is_sweep_override():
+            out.append(f"{override.get_key_element()}={next(iter(override.sweep_string_iterator()))}")
         else:
-            single.append(text)
-    return single, sweeps
+            out.append(override.input_line)
+    return out
 
 
-def study_config(preset: str, overrides: list[str]):
-    """The preset's config with the given overrides minus their sweeps: one config (tracking, base model) for the
-    whole study (compose refuses sweeps); the sweep itself gets every override."""
+def study_config(preset: str, overrides: list[str], with_hydra: bool = True):
+    """The composed config of the study's first job (with Hydra's own node unless ``with_hydra=False``)."""
     from grpo.config import register_configs
 
-    single, _ = split_sweeps(overrides)
     register_configs()
-    with initialize_config_dir(config_dir=CONF, version_base=None):
-        return compose("config", overrides=[f"experiment={preset}", *single], return_hydra_config=True)
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        return compose(
+            "config",
+            overrides=[f"experiment={preset}", *first_values(overrides)],
+            return_hydra_config=with_hydra,
+        )
 
 
 def reference_file(preset: str, given: str | None) -> Path | None:
@@ -118,7 +119,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     sweep_dir = Path(args.out or f"multirun/{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
-    cfg = study_config(args.preset, args.overrides)
+    from experiments.train import check
+    from grpo.checks import ConfigError
+
+    try:  # a refused value costs seconds here, not a base-model build and a sweep of failed jobs
+        cfg = study_config(args.preset, args.overrides)
+        plain = study_config(args.preset, args.overrides, with_hydra=False)
+        check(plain)
+    except (HydraException, OmegaConfBaseException, ConfigError) as exc:
+        print(f"quadrl-study: error: {exc}", file=sys.stderr)
+        return 2
     uri, experiment = str(cfg.tracking.uri), str(cfg.tracking.experiment)
 
     print(
@@ -127,17 +137,11 @@ def main(argv: list[str] | None = None) -> int:
     from experiments.train import base_model
 
     started = time.perf_counter()
-    job = cfg.copy()
-    with open_dict(job):
-        del job["hydra"]
-    base = base_model(OmegaConf.to_object(job), OmegaConf.to_container(cfg.task, resolve=True))
+    base = base_model(OmegaConf.to_object(plain), OmegaConf.to_container(cfg.task, resolve=True))
     print(f"[study]     {base.tag}: {base.path} ({time.perf_counter() - started:.0f} s)", flush=True)
-    if cfg.tracking.enabled:
-        ensure_experiment(uri, experiment)  # once, before the jobs fan out
+    experiment_id = ensure_experiment(uri, experiment) if cfg.tracking.enabled else ""  # once, before fan-out
 
     grid = OmegaConf.to_container(cfg.hydra.sweeper.params, resolve=False)
-    single, sweeps = split_sweeps(args.overrides)  # command-line values win over the preset's grid
-    grid.update({**sweeps, **{k: v for k, _, v in (o.partition("=") for o in single) if k in grid}})
     print(f"[study] 2/3 sweep {grid} on launcher '{args.launcher}' -> {sweep_dir}", flush=True)
     command = [
         sys.executable,
@@ -162,27 +166,22 @@ def main(argv: list[str] | None = None) -> int:
     print("[study] 3/3 report", flush=True)
     from analysis.report import ReportOptions, build_report
 
+    parent = parent_file.read_text().strip()
     settings = STUDY_REPORTS.get(args.preset, StudyReport())
-
     report = build_report(
         ReportOptions(
             out_dir=sweep_dir / "report",
             tracking_uri=uri,
-            parent_run_id=parent_file.read_text().strip(),
+            parent_run_id=parent,
             control=args.control or settings.control,
             min_seeds=3,
             pairs=settings.pairs,
             reference=reference_file(args.preset, args.reference),
         )
     )
-    print(f"\n[study] report: {report}")
-    if uri.startswith("sqlite:"):
-        print(
-            f"[study] MLflow UI: .venv/bin/mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
-            f"  (then open http://127.0.0.1:5000, experiment '{experiment}')"
-        )
-    else:
-        print(f"[study] MLflow UI: {uri} (experiment '{experiment}')")
+    print(f"\n[study] report: {report} (also on the parent run {parent}, artifact 'report/')")
+    for line in ui_lines(uri, experiment_id, parent):
+        print(f"[study] {line}", flush=True)
     return 0 if sweep.returncode == 0 else sweep.returncode
 
 

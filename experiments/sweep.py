@@ -5,6 +5,12 @@ tracking store and the experiment (once, before any job exists: concurrent creat
 and can misfile runs) and opens the parent run, whose id it writes to ``<sweep dir>/mlflow_parent_run_id``; each
 job reads that file and tags its run with ``mlflow.parentRunId``. At sweep end :func:`finalize` records on the
 parent how many jobs finished, failed or were requeued, marks child runs that SLURM killed, and prints a summary.
+
+For MLflow's UI (3.17): the callback also stores on the experiment a *shared view* of the sweep (MLflow's
+``mlflow.sharedViewState.<key>`` experiment tag, the state its own "Share" button saves) that opens the runs page in
+chart mode on the sweep's child runs, grouped by condition (``sweep.condition``, the swept values without the
+seed; seeds are averaged), with the charts filtered to ``eval/accuracy``; :func:`ui_url` is the direct link to it,
+printed when the sweep starts and ends. Each job's run is named after its condition and seed.
 """
 
 from __future__ import annotations
@@ -15,22 +21,115 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
-from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.tracking import ensure_experiment, git_commit
-from runrecord import OVERRIDES_TAG, PARENT_TAG, RESUMED_TAG, ROLE_TAG, SWEEP_ROLE, SWEEP_SUMMARY_TAG
+from experiments.tracking import ensure_experiment, git_commit, tracking_client
+from runrecord import (
+    OVERRIDES_TAG,
+    PARENT_TAG,
+    RESUMED_TAG,
+    ROLE_TAG,
+    SHARED_VIEW_TAG_PREFIX,
+    SWEEP_CONDITION_TAG,
+    SWEEP_ROLE,
+    SWEEP_SUMMARY_TAG,
+    condition_of,
+    override_key,
+)
 
 log = logging.getLogger(__name__)
 PARENT_FILE = "mlflow_parent_run_id"
 SUMMARY_FILE = "sweep_summary.json"
+SWEPT_FILE = "swept_keys.json"
+DEFAULT_UI = "http://127.0.0.1:5000"
+"""Where ``mlflow ui`` serves a local store by default."""
 
 
 def parent_run_id(sweep_dir: str | Path) -> str | None:
     path = Path(sweep_dir) / PARENT_FILE
     return path.read_text().strip() if path.is_file() else None
+
+
+def swept_keys(config: DictConfig) -> list[str]:
+    """The keys the sweep varies: those with several values in the preset's grid (``hydra.sweeper.params``) or on
+    the command line, where a single command-line value fixes a key the preset sweeps."""
+    grid = config.hydra.sweeper.get("params") or {}
+    lines = [f"{key}={value}" for key, value in grid.items()] + list(config.hydra.overrides.task)
+    keys: dict[str, None] = {}
+    for override in OverridesParser.create().parse_overrides(lines):
+        key = override.get_key_element().lstrip("+~")
+        if override.is_sweep_override():
+            keys[key] = None
+        else:
+            keys.pop(key, None)
+    return sorted(keys)
+
+
+def read_swept_keys(sweep_dir: str | Path) -> list[str] | None:
+    path = Path(sweep_dir) / SWEPT_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def sweep_condition(overrides: Sequence[str], swept: Sequence[str]) -> str:
+    """A job's values of the swept keys other than the seed, e.g. ``intervention=hapo optim.lr=0.001``: the
+    condition rule (:func:`runrecord.condition_of`) applied to the swept keys only."""
+    return condition_of(o for o in overrides if override_key(o) in swept)
+
+
+def comparison_view(parent: str) -> dict[str, Any]:
+    """The shared view that compares a sweep's conditions: the runs page's search facets and chart state."""
+    return {
+        "searchFilter": f"tags.`{PARENT_TAG}` = '{parent}'",
+        "orderByKey": "attributes.start_time",
+        "orderByAsc": False,
+        "startTime": "ALL",
+        "lifecycleFilter": "Active",
+        "modelVersionFilter": "All Runs",
+        "datasetsFilter": [],
+        "groupBy": {
+            "aggregateFunction": "average",
+            "groupByKeys": [{"mode": "tag", "groupByData": SWEEP_CONDITION_TAG}],
+        },
+        "chartsSearchFilter": "eval/accuracy",
+    }
+
+
+def share_key(parent: str) -> str:
+    return f"quadrl-sweep-{parent}"
+
+
+def ui_url(uri: str, experiment_id: str, parent: str) -> str | None:
+    """The MLflow UI address of a sweep's comparison view (None for stores no UI address is known for)."""
+    if uri.startswith("sqlite:"):
+        base = DEFAULT_UI
+    elif uri.startswith(("http://", "https://")):
+        base = uri.rstrip("/")
+    else:
+        return None
+    return (
+        f"{base}/#/experiments/{experiment_id}/runs?viewStateShareKey={share_key(parent)}"
+        "&compareRunsMode=CHART&workflowType=machine_learning"
+    )
+
+
+def ui_lines(uri: str, experiment_id: str, parent: str) -> list[str]:
+    """What to print for the UI: the direct link, and for a SQLite store how to start the UI it points at."""
+    url = ui_url(uri, experiment_id, parent)
+    if url is None:
+        return []
+    lines = [f"MLflow UI, the conditions' eval/accuracy side by side: {url}"]
+    if uri.startswith("sqlite:"):
+        from experiments.tracking import sqlite_file
+
+        database = sqlite_file(uri)
+        absolute = f"sqlite:///{database.resolve()}" if database else uri
+        lines.append(
+            f"  (serve it with: mlflow ui --backend-store-uri {absolute} --host 127.0.0.1 --port 5000)"
+        )
+    return lines
 
 
 def _tracking(config: DictConfig) -> tuple[bool, str, str]:
@@ -48,7 +147,7 @@ class SweepTracking(Callback):
         if parent_run_id(sweep_dir):  # re-entered (e.g. a resubmitted sweep): keep the parent
             return
         experiment_id = ensure_experiment(uri, experiment)
-        client = MlflowClient(tracking_uri=uri)
+        client = tracking_client(uri)
         grid = config.hydra.sweeper.get("params")  # None when the grid is given on the command line only
         params = OmegaConf.to_container(grid, resolve=False) if grid is not None else {}
         tags = {
@@ -62,8 +161,19 @@ class SweepTracking(Callback):
         run = client.create_run(
             experiment_id, run_name=f"sweep-{sweep_dir.parent.name}-{sweep_dir.name}", tags=tags
         )
-        (sweep_dir / PARENT_FILE).write_text(run.info.run_id)
-        log.info("MLflow parent run %s (experiment %s, %s)", run.info.run_id, experiment, uri)
+        parent = run.info.run_id
+        view = json.dumps(comparison_view(parent))
+        client.set_experiment_tag(experiment_id, SHARED_VIEW_TAG_PREFIX + share_key(parent), view)
+        try:
+            (sweep_dir / SWEPT_FILE).write_text(json.dumps(swept_keys(config)))
+        except Exception as exc:  # noqa: BLE001 - the jobs then keep their plain names; the sweep still runs
+            log.warning(
+                "could not tell which keys the sweep varies (%s): jobs keep their plain run names", exc
+            )
+        (sweep_dir / PARENT_FILE).write_text(parent)
+        log.info("MLflow parent run %s (experiment %s, %s)", parent, experiment, uri)
+        for line in ui_lines(uri, experiment_id, parent):
+            print(line, flush=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         finalize(config, None)
@@ -77,7 +187,7 @@ def finalize(config: DictConfig, results: Sequence[JobReturn] | None) -> dict[st
     summary_path = sweep_dir / SUMMARY_FILE
     if not enabled or parent is None or summary_path.exists():
         return None
-    client = MlflowClient(tracking_uri=uri)
+    client = tracking_client(uri)
     parent_run = client.get_run(parent)
     children = client.search_runs(
         [parent_run.info.experiment_id],
@@ -122,4 +232,6 @@ def finalize(config: DictConfig, results: Sequence[JobReturn] | None) -> dict[st
     print(line, flush=True)
     for job in failed_jobs:
         print(f"  FAILED job #{job['job']}: {' '.join(job['overrides'])}: {job['error'][:300]}", flush=True)
+    for line in ui_lines(uri, parent_run.info.experiment_id, parent):
+        print(line, flush=True)
     return summary

@@ -4,39 +4,83 @@ Facts that shaped this (measured; docs/background.md §5): several processes cre
 same experiment at once can corrupt it or misfile runs, so :func:`ensure_experiment` is called once before any
 fan-out and runs are always started with an explicit experiment id; child runs in other processes get the
 ``mlflow.parentRunId`` tag (``nested=True`` only works in-process); one HTTP call costs ~50 ms, so metrics go
-in one ``log_batch`` per step.
+in one ``log_batch`` per step. Two processes that open a *new* SQLite file at the same moment race MLflow's schema
+migration (measured: ``duplicate column name: step`` in 5 of 6 processes started together), so every client
+quadrl opens on a SQLite URI is created under an exclusive file lock beside the database (:func:`store_lock`).
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import platform
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from runrecord import CPU_TAG, RESUMED_TAG
+from runrecord import CPU_TAG, EXPERIMENT_KIND_TAG, MODEL_DEVELOPMENT, RESUMED_TAG
 
 MAX_PARAMS_PER_BATCH = 100
 
 
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of a ``sqlite:`` tracking URI (None for other stores and in-memory databases)."""
+    if not uri.startswith("sqlite:"):
+        return None
+    from sqlalchemy.engine import make_url
+
+    database = make_url(uri).database
+    return Path(database) if database and database != ":memory:" else None
+
+
+@contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """For a SQLite URI, hold an exclusive lock on ``<database>.lock`` (created beside it); else do nothing.
+    MLflow creates and migrates the schema when a client first opens the store: doing that under the lock
+    serialises it across processes."""
+    database = sqlite_file(uri)
+    if database is None:
+        yield
+        return
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{database}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def tracking_client(uri: str) -> MlflowClient:
+    """An ``MlflowClient`` whose store, if it is a new SQLite file, was created under :func:`store_lock`."""
+    with store_lock(uri):
+        return MlflowClient(tracking_uri=uri)
+
+
 def ensure_experiment(uri: str, name: str) -> str:
-    """Create the store and the experiment if missing; return its id. Call once, before fanning out jobs."""
-    client = MlflowClient(tracking_uri=uri)
-    experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    try:
-        return client.create_experiment(name)
-    except Exception:  # another process won the race: use theirs
+    """Create the store and the experiment if missing; return its id. Call once, before fanning out jobs.
+
+    The experiment is tagged ``mlflow.experimentKind=custom_model_development`` (an existing one that has no
+    kind gets the tag), so that MLflow's UI opens it on its runs."""
+    with store_lock(uri):
+        client = MlflowClient(tracking_uri=uri)
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
-            raise
+            try:
+                return client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: MODEL_DEVELOPMENT})
+            except Exception:  # another process (e.g. through a server) won the race: use theirs
+                experiment = client.get_experiment_by_name(name)
+                if experiment is None:
+                    raise
+        if EXPERIMENT_KIND_TAG not in experiment.tags:
+            client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_DEVELOPMENT)
         return experiment.experiment_id
 
 
@@ -93,8 +137,8 @@ class Tracker:
     def __init__(self, uri: str, experiment: str, enabled: bool = True):
         self.enabled = enabled
         self.uri = uri
-        self.client = MlflowClient(tracking_uri=uri) if enabled else None
         self.experiment_id = ensure_experiment(uri, experiment) if enabled else ""
+        self.client = tracking_client(uri) if enabled else None
         self.run_id: str | None = None
 
     def start(

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +21,10 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 import interventions
+from experiments import CONF_DIR
 from experiments.base_model import METADATA_FILE, ResolvedBase, SFTRecipe, load_metadata, resolve_base_model
-from experiments.tasks import make_task
+from experiments.sweep import parent_run_id, read_swept_keys, sweep_condition
+from experiments.tasks import Task, make_task
 from experiments.tracking import Tracker, flatten, git_commit, provenance
 from grpo import checkpoint
 from grpo.checks import ConfigError
@@ -27,12 +32,14 @@ from grpo.config import QuadrlConfig, register_configs, validate
 from grpo.credit import build_intervention
 from grpo.model import load_policy, resolve_device
 from grpo.trainer import Trainer
+from grpo.credit import Intervention
 from runrecord import (
     BASE_MODEL_TAG,
     CONDITION_TAG,
     OVERRIDE_TAG_PREFIX,
     OVERRIDES_TAG,
     PARENT_TAG,
+    SWEEP_CONDITION_TAG,
     condition_of,
     override_key,
     unescape,
@@ -50,17 +57,21 @@ def job_overrides() -> list[str]:
         return []
 
 
-def sweep_parent() -> str | None:
-    """The parent run of this job's sweep (written by experiments.sweep.SweepTracking), if any."""
+def sweep_dir() -> str | None:
+    """This job's sweep directory when it runs in a multirun, else None."""
     from hydra.types import RunMode
-
-    from experiments.sweep import parent_run_id
 
     try:
         hc = HydraConfig.get()
     except ValueError:
         return None
-    return parent_run_id(hc.sweep.dir) if hc.mode == RunMode.MULTIRUN else None
+    return str(hc.sweep.dir) if hc.mode == RunMode.MULTIRUN else None
+
+
+def sweep_parent() -> str | None:
+    """The parent run of this job's sweep (written by experiments.sweep.SweepTracking), if any."""
+    directory = sweep_dir()
+    return parent_run_id(directory) if directory else None
 
 
 def intervention_label(params: dict[str, Any]) -> str:
@@ -96,8 +107,20 @@ def base_model(cfg: QuadrlConfig, task_params: dict[str, Any]) -> ResolvedBase:
     )
 
 
-def run(raw: DictConfig) -> dict[str, float]:
-    """Validate, build, train. Returns the final eval metrics."""
+@dataclass
+class Checked:
+    """A config that passed every check that needs no model: the values, the intervention and the task."""
+
+    cfg: QuadrlConfig
+    task_params: dict[str, Any]
+    intervention_params: dict[str, Any]
+    intervention: Intervention
+    task: Task
+
+
+def check(raw: DictConfig) -> Checked:
+    """Every value, the intervention and the task's data, checked before any model exists; ConfigError if
+    one is refused."""
     cfg: QuadrlConfig = OmegaConf.to_object(raw)  # type: ignore[assignment]
     validate(cfg)
     task_params: dict[str, Any] = OmegaConf.to_container(raw.task, resolve=True)  # type: ignore[assignment]
@@ -112,7 +135,18 @@ def run(raw: DictConfig) -> dict[str, float]:
             f"intervention '{intervention_params.get('name')}' first acts at step {first} (start_step), "
             f"but train.steps={cfg.train.steps}: it would never act"
         )
-    task = make_task(**task_params)
+    try:
+        task = make_task(**task_params)
+    except (ValueError, FileNotFoundError) as exc:  # an unknown parameter, a missing file, a malformed row
+        raise ConfigError(str(exc)) from exc
+    return Checked(cfg, task_params, intervention_params, intervention, task)
+
+
+def run(raw: DictConfig) -> dict[str, float]:
+    """Validate, build, train. Returns the final eval metrics."""
+    checked = check(raw)
+    cfg, task, intervention = checked.cfg, checked.task, checked.intervention
+    task_params, intervention_params = checked.task_params, checked.intervention_params
     # null budget = the task's own; written back to the raw config so the params and config.yaml show it
     if cfg.sampling.max_new_tokens is None:
         cfg.sampling.max_new_tokens = raw.sampling.max_new_tokens = int(task.max_new_tokens)
@@ -150,10 +184,13 @@ def run(raw: DictConfig) -> dict[str, float]:
         tags[OVERRIDE_TAG_PREFIX + override_key(override)] = unescape(override.partition("=")[2])
     if parent:
         tags[PARENT_TAG] = parent
-    name = (
-        cfg.tracking.run_name
-        or f"{task_params['name']}-{intervention_label(intervention_params)}-s{cfg.seed}"
-    )
+    name = f"{task_params['name']}-{intervention_label(intervention_params)}-s{cfg.seed}"
+    directory = sweep_dir()
+    swept = read_swept_keys(directory) if directory else None
+    if swept is not None:  # a sweep job: named and grouped in MLflow's UI by what the sweep varies
+        tags[SWEEP_CONDITION_TAG] = sweep_condition(overrides, swept)
+        name = f"{tags[SWEEP_CONDITION_TAG]} seed={cfg.seed}"
+    name = cfg.tracking.run_name or name
     resolved = OmegaConf.to_container(raw, resolve=True)
     run_id = tracker.start(run_id, name, flatten(resolved), tags)
     if run_id:
@@ -187,9 +224,25 @@ def run(raw: DictConfig) -> dict[str, float]:
     return final
 
 
-@hydra.main(version_base=None, config_path="../conf", config_name="config")
+def refuse(prog: str, error: Exception) -> None:
+    """Print a refused value as one line (``quadrl-train: error: ...``) and exit 2; with HYDRA_FULL_ERROR=1, let
+    the exception through for Hydra to print its traceback."""
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        raise error
+    print(f"{prog}: error: {error}", file=sys.stderr, flush=True)
+    raise SystemExit(2)
+
+
+@hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="config")
 def main(raw: DictConfig) -> float | None:
-    final = run(raw)
+    try:
+        final = run(raw)
+    except ConfigError as exc:
+        from hydra.types import RunMode
+
+        if HydraConfig.get().mode == RunMode.MULTIRUN:  # a sweep job: the launcher records the failure
+            raise
+        refuse("quadrl-train", exc)
     return final.get("eval/accuracy")
 
 

@@ -18,7 +18,7 @@ import torch
 from grpo.config import EvalConfig
 from grpo.model import Policy
 from grpo.rollout import sample
-from grpo.task import Example, Task
+from grpo.task import Example, Task, score_completions
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -70,11 +70,11 @@ def generate(
         )
         for row in range(len(chunk)):
             texts.append(policy.decode(roll.response_ids[row][roll.response_mask[row]].tolist()))
-    out: list[list[Completion]] = []
-    for i, ex in enumerate(examples):
-        group = texts[i * repeats : (i + 1) * repeats]
-        out.append([Completion(ex, t, task.reward(ex, t), task.extract_answer(t)) for t in group])
-    return out
+    rewards = score_completions(task, flat, texts).rewards
+    completions = [
+        Completion(ex, t, r, task.extract_answer(t)) for ex, t, r in zip(flat, texts, rewards, strict=True)
+    ]
+    return [completions[i * repeats : (i + 1) * repeats] for i in range(len(examples))]
 
 
 def evaluate(

@@ -33,7 +33,7 @@ from grpo.model import Policy
 from grpo.optimizer import StepNorms, build_optimizer, optimizer_step
 from grpo.quadrants import quadrant_stats, split_quadrants
 from grpo.rollout import Rollout, response_logprobs, sample
-from grpo.task import Example, Task
+from grpo.task import Example, Task, score_completions
 
 
 @dataclass
@@ -158,6 +158,10 @@ class Trainer:
         }
         self.next_step = 0
         self.data_epoch, self.data_index = 0, 0
+        # what scoring the step's rollouts cost (all rounds of dynamic sampling); reset by every step
+        self.reward_log = dict.fromkeys(
+            ("perf/reward_time_s", "train/reward_timeouts", "train/reward_errors"), 0.0
+        )
 
     # ---------------------------------------------------------------- data
     def _epoch_order(self, epoch: int) -> list[int]:
@@ -197,9 +201,12 @@ class Trainer:
         )
         pol.model.train()
         texts = [pol.decode(roll.response_ids[i][roll.response_mask[i]].tolist()) for i in range(len(flat))]
-        rewards = torch.tensor(
-            [self.task.reward(ex, t) for ex, t in zip(flat, texts, strict=False)], dtype=torch.float32
-        )
+        started = time.perf_counter()
+        scored = score_completions(self.task, flat, texts)
+        self.reward_log["perf/reward_time_s"] += time.perf_counter() - started
+        self.reward_log["train/reward_timeouts"] += scored.timeouts
+        self.reward_log["train/reward_errors"] += sum(scored.errors.values())
+        rewards = torch.tensor(scored.rewards, dtype=torch.float32)
         group_ids = torch.arange(len(examples)).repeat_interleave(g)
         return Batch(roll, flat, texts, rewards, group_ids)
 
@@ -352,8 +359,10 @@ class Trainer:
     def step(self, step: int) -> dict[str, float]:
         cfg = self.cfg
         t0 = time.perf_counter()
+        self.reward_log = dict.fromkeys(self.reward_log, 0.0)
         batch, metrics = self.rollout()
         t_rollout = time.perf_counter() - t0
+        metrics.update(self.reward_log)
 
         facts = self.facts(batch, step)
         credit = TokenCredit.grpo_default(facts)

@@ -146,6 +146,7 @@ def make_trainer(tmp_path: Path, model_dir: Path, jsonl: Path, *overrides: str, 
     task = make_task(**OmegaConf.to_container(raw.task))
     if reward is not None:
         task.reward = reward
+        task.rewards = None  # score through `reward` (math_file's batch method would bypass it)
     policy = load_policy(cfg.model, model_dir, need_reference=cfg.algo.beta > 0, seed=cfg.seed)
     intervention = build_intervention(OmegaConf.to_container(raw.intervention))
     return Trainer(cfg, policy, task, intervention, NullSink(), tmp_path)

@@ -19,20 +19,20 @@ Reward: the content of the last ``\\boxed{...}`` in the completion (fallback: th
 match, else 0.0; never an exception, never ``eval`` (only math-verify's LaTeX extractor runs: its default
 expression extractor would pass text to sympy's ``parse_expr``, which evaluates Python).
 
-Time limit: math-verify's own timeouts use ``signal.alarm`` and raise in non-main threads. On the main thread
-the reward uses them (``timeout_seconds``). On any other thread it calls math-verify with its timeouts
-disabled inside a daemon worker thread and waits at most ``timeout_seconds``; past that the reward is 0.0
-(the worker cannot be killed and finishes in the background). Answers longer than 1000 characters score 0
-without being parsed, which keeps sympy's work bounded in practice.
+Time limit: verification runs in worker processes (``verify_workers`` of them; null: the cores available,
+at most 8), and a worker whose verification runs past ``timeout_seconds`` is killed and replaced; that answer
+scores 0 and counts as a timeout (``train/reward_timeouts``). A batch of n distinct answers therefore costs at
+most about ceil(n / verify_workers) x ``timeout_seconds``, from any thread (``experiments/tasks/workers.py``
+says why threads cannot bound it). Answer extraction runs in-process: it is linear in the text. Answers longer
+than 1000 characters score 0 without being parsed; identical (reference, answer) pairs in a batch are verified
+once. A verification that raises scores 0 and is logged with the exception's type.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import random
 import re
-import threading
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -40,15 +40,14 @@ from typing import Any
 
 from experiments.tasks.common import check_bounded_text, in_test_pool
 from experiments.tasks.registry import register_task
-from grpo.task import Example
+from experiments.tasks.workers import VerifierPool
+from grpo.task import Example, RewardBatch
 
 DEFAULT_PROMPT_TEMPLATE = "{prompt}\nPlease reason step by step, and put your final answer within \\boxed{}."
 MAX_ANSWER_CHARS = 1000
 MAX_COMPLETION_CHARS = 200_000
 _NUMBER_RE = re.compile(r"-?[0-9]+(?:\.[0-9]+)?(?:/[0-9]+)?")
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
-
-logger = logging.getLogger(__name__)
 
 
 def last_boxed(text: str) -> str | None:
@@ -148,61 +147,33 @@ def _load(path: Path, **kwargs: Any) -> list[Example]:
 
 
 @lru_cache(maxsize=65536)
-def _parse_gold(answer: str, timeout: int | None) -> tuple[Any, ...]:
-    return tuple(_mv_parse("\\boxed{" + answer + "}", timeout))
+def _parse_gold(answer: str) -> tuple[Any, ...]:
+    return tuple(_mv_parse("\\boxed{" + answer + "}"))
 
 
-def _mv_parse(text: str, timeout: int | None) -> list[Any]:
+def _mv_parse(text: str) -> list[Any]:
     from math_verify import LatexExtractionConfig, parse
 
     # LaTeX extraction only: math-verify's default also tries ExprExtractionConfig, which hands matched text to
     # sympy's parse_expr, i.e. Python eval. The text is always "\\boxed{...}", which the LaTeX extractor reads.
-    return parse(text, extraction_config=[LatexExtractionConfig()], parsing_timeout=timeout)
+    return parse(text, extraction_config=[LatexExtractionConfig()], parsing_timeout=None)
 
 
-def _verify_unbounded(answer: str, predicted: str) -> bool:
+def verify_answer(answer: str, predicted: str) -> bool:
+    """Whether ``predicted`` is mathematically equal to the reference ``answer`` (math-verify, unbounded in
+    time: run it in a :class:`VerifierPool`, which kills it at the deadline)."""
+    import math_verify.grader
+    import math_verify.parser
     from math_verify import verify
 
-    gold = list(_parse_gold(answer, None))
-    pred = _mv_parse("\\boxed{" + predicted + "}", None)
-    return bool(gold and pred and verify(gold, pred, timeout_seconds=None))
+    # the pool is the time limit: math-verify's notice that its own is off would print in every new worker
+    math_verify.grader.TIMEOUT_WARNING_SHOWN = math_verify.parser.TIMEOUT_WARNING_SHOWN = True
 
-
-def _verify_main_thread(answer: str, predicted: str, timeout: int) -> bool:
-    from math_verify import verify
-
-    gold = list(_parse_gold(answer, timeout))
-    pred = _mv_parse("\\boxed{" + predicted + "}", timeout)
-    return bool(gold and pred and verify(gold, pred, timeout_seconds=timeout))
-
-
-def math_equal(answer: str, predicted: str, timeout_seconds: int = 5) -> bool:
-    """Whether ``predicted`` is mathematically equal to the reference ``answer`` (math-verify), bounded in time
-    and safe to call from any thread; False on any error or timeout."""
     if len(predicted) > MAX_ANSWER_CHARS or len(answer) > MAX_ANSWER_CHARS:
         return False
-    try:
-        if threading.current_thread() is threading.main_thread():
-            return _verify_main_thread(answer, predicted, max(1, int(timeout_seconds)))
-        result: list[bool] = []
-
-        def work() -> None:
-            try:
-                result.append(_verify_unbounded(answer, predicted))
-            except Exception:
-                result.append(False)
-
-        worker = threading.Thread(target=work, name="quadrl-math-verify", daemon=True)
-        worker.start()
-        worker.join(timeout_seconds)
-        if worker.is_alive():
-            logger.warning(
-                "math_file: verification gave up after %ss (answer %.40r)", timeout_seconds, predicted
-            )
-            return False
-        return bool(result and result[0])
-    except Exception:
-        return False
+    gold = list(_parse_gold(answer))
+    pred = _mv_parse("\\boxed{" + predicted + "}")
+    return bool(gold and pred and verify(gold, pred, timeout_seconds=None))
 
 
 @register_task("math_file")
@@ -225,6 +196,7 @@ class MathFileTask:
         seed: int = 0,
         test_seed: int = 0,
         timeout_seconds: int = 5,
+        verify_workers: int | None = None,
         max_new_tokens: int = 1024,
     ):
         if "{prompt}" not in prompt_template:
@@ -239,6 +211,14 @@ class MathFileTask:
         self.test_path = Path(test_path).expanduser() if test_path else None
         self.seed, self.test_seed, self.n_test = seed, test_seed, n_test
         self.timeout_seconds = int(timeout_seconds)
+        self.verifier = VerifierPool(
+            verify_answer,
+            timeout_s=self.timeout_seconds,
+            workers=verify_workers,
+            default=False,
+            name=self.name,
+            preload=("math_verify.grader", "math_verify.parser"),
+        )
         self.max_new_tokens = int(max_new_tokens)
         fields = {
             "prompt_field": prompt_field,
@@ -281,11 +261,14 @@ class MathFileTask:
         numbers = _NUMBER_RE.findall(text)
         return numbers[-1] if numbers else None
 
+    def rewards(self, examples: Sequence[Example], completions: Sequence[str]) -> RewardBatch:
+        """1.0 per completion whose answer math-verify finds equal to its example's, else 0.0, in order."""
+        predicted = [self.extract_answer(c) for c in completions]
+        calls = [(ex.answer, p) for ex, p in zip(examples, predicted, strict=True) if p is not None]
+        done = self.verifier.map(calls)
+        verdicts = iter(done.values)
+        rewards = [0.0 if p is None else float(bool(next(verdicts))) for p in predicted]
+        return RewardBatch(rewards, done.timeouts, done.errors)
+
     def reward(self, example: Example, completion: str) -> float:
-        try:
-            predicted = self.extract_answer(completion)
-            if predicted is None:
-                return 0.0
-            return 1.0 if math_equal(example.answer, predicted, self.timeout_seconds) else 0.0
-        except Exception:  # a verifier never raises: anything unexpected is a wrong answer
-            return 0.0
+        return self.rewards([example], [completion]).rewards[0]

@@ -7,7 +7,7 @@ import pytest
 from omegaconf import OmegaConf
 
 import interventions  # noqa: F401  (registers every method)
-from experiments.study import STUDY_REPORTS, split_sweeps, study_config
+from experiments.study import STUDY_REPORTS, study_config
 from grpo.config import validate
 from grpo.credit import build_intervention
 from tests.conftest import compose_config
@@ -68,8 +68,8 @@ def test_report_pairs_name_conditions_of_the_grid():
 
 def test_study_takes_sweeps_on_the_command_line():
     """``quadrl-study --preset quadrant_mechanisms +mechanism=a,b seed=0``: the study's own config (tracking, base
-    model) takes the single values, the sweep every override; compose alone would refuse the sweeps."""
-    overrides = ["+mechanism=baseline,only_neg_low", "seed=0", "train.steps=10"]
-    assert split_sweeps(overrides) == (["seed=0", "train.steps=10"], {"+mechanism": "baseline,only_neg_low"})
-    cfg = study_config("quadrant_mechanisms", overrides)
-    assert cfg.train.steps == 10 and cfg.seed == 0
+    model) is that of the first job; compose alone would refuse the sweep."""
+    cfg = study_config(
+        "quadrant_mechanisms", ["+mechanism=only_neg_low,baseline", "seed=0", "train.steps=10"]
+    )
+    assert cfg.train.steps == 10 and cfg.seed == 0 and cfg.intervention.name == "quadrant"

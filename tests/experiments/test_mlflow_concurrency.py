@@ -11,7 +11,7 @@ run with override tags under the parent, log params (in batches of 100), the con
 ``log_batch`` per step, then finish. The values are a function of (seed, step, key), so every one can be
 checked. Real training jobs under the same callback and launcher are covered by tests/experiments/test_grid_slurm.py.
 
-Run as a Hydra app by the tests: ``python -m tests.test_mlflow_concurrency -m seed=0,1,... tracking.uri=...``.
+Run as a Hydra app by the tests: ``python -m tests.experiments.test_mlflow_concurrency -m seed=0,1,... tracking.uri=...``.
 """
 
 from __future__ import annotations

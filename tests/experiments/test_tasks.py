@@ -20,7 +20,7 @@ from experiments.tasks.countdown import (
     solve,
     uses_allowed_numbers,
 )
-from experiments.tasks.math_file import last_boxed, math_equal
+from experiments.tasks.math_file import last_boxed, verify_answer
 from grpo.task import Example
 
 HYPOTHESIS = settings(
@@ -347,17 +347,19 @@ def test_math_file_garbage_never_raises(math_rows, text):
     assert r in (0.0, 1.0)
 
 
-def test_math_verify_works_off_the_main_thread():
-    results: list[bool] = []
+def test_math_verify_works_off_the_main_thread(math_rows):
+    task = make_task("math_file", path=str(math_rows), verify_workers=1)
+    half = Example(prompt="", answer="0.5")
+    results: list[float] = []
 
     def work():
-        results.append(math_equal("0.5", "\\frac{1}{2}"))
-        results.append(math_equal("0.5", "\\frac{2}{3}"))
+        results.append(task.reward(half, "\\boxed{\\frac{1}{2}}"))
+        results.append(task.reward(half, "\\boxed{\\frac{2}{3}}"))
 
     thread = threading.Thread(target=work)
     thread.start()
     thread.join(60)
-    assert results == [True, False]
+    assert results == [1.0, 0.0]
 
 
 def test_math_verify_never_reaches_sympy_parse_expr(math_rows, monkeypatch):
@@ -375,31 +377,10 @@ def test_math_verify_never_reaches_sympy_parse_expr(math_rows, monkeypatch):
     monkeypatch.setattr(mv_parser, "parse_expr", spy)
     mv_parser.parse_expr_cached.cache_clear()
     task = make_task("math_file", path=str(math_rows))
-    six = Example(prompt="", answer="6")
+    # in-process: the spy must see what the worker processes run (verify_answer, on the extracted answer)
+    verdicts = []
     for text in ["\\boxed{a\\b 2*3 }", "\\boxed{=1+5 .}", "\\boxed{\\foo 2*3 }", "\\boxed{6}", "so 6"]:
-        task.reward(six, text)
+        verdicts.append(verify_answer("6", task.extract_answer(text)))
     assert called == []
-    assert task.reward(six, "\\boxed{2*3}") == 1.0 and task.reward(six, "\\boxed{6}") == 1.0
-
-
-def test_math_verify_is_bounded_in_time(monkeypatch):
-    import time
-
-    # main thread: math-verify's own alarm-based limit stops sympy on a tower of powers
-    start = time.perf_counter()
-    assert math_equal("1", "9^{9^{9^{9}}}", timeout_seconds=1) is False
-    assert time.perf_counter() - start < 10
-    # any other thread: a verification that never returns is abandoned after timeout_seconds
-    import experiments.tasks.math_file as math_file
-
-    monkeypatch.setattr(math_file, "_verify_unbounded", lambda answer, predicted: time.sleep(30) or True)
-    results: list[tuple[bool, float]] = []
-
-    def work():
-        t0 = time.perf_counter()
-        results.append((math_equal("1", "1", timeout_seconds=1), time.perf_counter() - t0))
-
-    thread = threading.Thread(target=work)
-    thread.start()
-    thread.join(20)
-    assert results and results[0][0] is False and results[0][1] < 5
+    assert verdicts[-2:] == [True, True]
+    assert verify_answer("6", task.extract_answer("\\boxed{2*3}")) is True
