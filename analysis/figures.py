@@ -43,6 +43,12 @@ QUADRANT_STATS = {
     "logprob_change": "log-prob change",
     "grad_norm_share": "gradient-norm share",
 }
+CREDIT_STATS = {
+    "delta_share": "share of measured credit sum |delta|",
+    "delta_sq_share": "share of sum delta^2 (noise-corrected)",
+    "info_share": "share of sum I",
+}
+"""What a training run's credit probe (``probe.every``) logs per quadrant, as ``probe/<q>/<stat>``."""
 PANEL_FIGURES = {
     "cancellation": (
         "Gradient cancellation on shared prefixes over training (cancel/*)",
@@ -213,17 +219,19 @@ def plot_quadrant_stat(
     control: str | None = None,
     smooth: int | None = None,
     seed: int = 0,
+    prefix: str = "quadrant",
 ) -> tuple[list[Path], list[Note]]:
-    """One figure for ``quadrant/<q>/<stat>``: a panel per quadrant, a line per condition."""
-    name = QUADRANT_STATS.get(stat, stat)
+    """One figure for ``<prefix>/<q>/<stat>``: a panel per quadrant, a line per condition (``prefix``:
+    ``quadrant`` for the per-step statistics, ``probe`` for the credit probe's shares)."""
+    name = {**QUADRANT_STATS, **CREDIT_STATS}.get(stat, stat)
     return plot_panels(
         history,
-        [(f"quadrant/{q}/{stat}", QUADRANT_TITLES[q]) for q in QUADRANTS],
+        [(f"{prefix}/{q}/{stat}", QUADRANT_TITLES[q]) for q in QUADRANTS],
         out_dir,
         colors,
-        stem=f"quadrant_{stat}",
+        stem=f"{prefix}_{stat}",
         what=f"quadrant {stat}",
-        title=f"Per-quadrant {name} over training (quadrant/<q>/{stat})",
+        title=f"Per-quadrant {name} over training ({prefix}/<q>/{stat})",
         ylabel=name,
         control=control,
         smooth=smooth,

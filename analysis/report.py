@@ -238,7 +238,10 @@ def analyse(opts: ReportOptions) -> Report:
                 figures.plot_quadrant_stat(hist, stat, fig_dir, colors, control=control, seed=seed),
             )
         )
+    logged = set(hist["metric"].unique())
     for stem, (title, metric_panels) in figures.PANEL_FIGURES.items():
+        if not logged & {metric for metric, _ in metric_panels}:  # runs from before these metrics existed
+            continue
         drawn.append(
             (
                 title,
@@ -255,6 +258,18 @@ def analyse(opts: ReportOptions) -> Report:
                 ),
             )
         )
+    if (
+        hist["metric"].str.startswith("probe/").any()
+    ):  # runs with probe.every: where credit sits over training
+        for stat, name in figures.CREDIT_STATS.items():
+            drawn.append(
+                (
+                    f"Credit probe per quadrant: {name}",
+                    figures.plot_quadrant_stat(
+                        hist, stat, fig_dir, colors, control=control, seed=seed, prefix="probe"
+                    ),
+                )
+            )
     panels = [(main, "final"), (main, "auc")] + [(s, "final") for s in extra]
     drawn.append(("Final metrics per condition", figures.plot_final_metrics(panels, fig_dir, colors)))
     for title, (paths, fig_notes) in drawn:

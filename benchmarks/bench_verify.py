@@ -83,8 +83,8 @@ def echo(answer: str, completion: str) -> bool:
 
 def overhead(batch: int = 128, rounds: int = 20) -> None:
     from experiments.tasks import make_task
-    from grpo.task import score_completions
     from experiments.tasks.workers import VerifierPool
+    from grpo.task import score_completions
 
     for name in ("arith", "countdown"):
         task = make_task(name)

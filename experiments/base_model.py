@@ -18,8 +18,8 @@ inside a target band, so that GRPO starts from a policy that is right sometimes 
   Float results differ between CPUs, and the stopping rule turns a last-bit difference into another model:
   shipping the weights fixes the starting point for every machine.
 
-Stopping rule. With band ``(low, high)`` and ``aim = (low + high) / 2 - aim_tolerance`` (0.35 for the default
-band), the test split is evaluated greedily every ``eval_every`` optimizer steps, and every
+Stopping rule. With band ``(low, high)`` (the task's ``pretrain_hints``, else 0.2-0.6; fork: 0.9-1.0) and
+``aim = max(low, (low + high) / 2 - aim_tolerance)`` (0.35 for the default band), the test split is evaluated greedily every ``eval_every`` optimizer steps, and every
 ``dense_eval_every`` steps once the last evaluation reached ``low / 2`` (addition crosses the band in a few
 dozen steps). Both default to the task's ``pretrain_hints`` (arith 20 / 5, countdown 50 / 25), else 20 / 5:
 
@@ -121,8 +121,9 @@ class SFTRecipe:
     """Examples per SFT step (drawn with replacement from the train split)."""
     grad_clip: float = 1.0
     """Max global gradient norm."""
-    target_accuracy: tuple[float, float] = (0.2, 0.6)
-    """The band (low, high) of greedy test accuracy the model must end inside."""
+    target_accuracy: tuple[float, float] | None = None
+    """The band (low, high) of greedy test accuracy the model must end inside (None: the task's
+    ``pretrain_hints``, else (0.2, 0.6))."""
     aim_tolerance: float = 0.05
     """Stop at the first evaluation with accuracy in [mid-band - aim_tolerance, high] (module docstring)."""
     eval_every: int | None = None
@@ -139,9 +140,12 @@ class SFTRecipe:
     on machines with different core counts and avoids oversubscription when builds share cores with jobs."""
 
     def __post_init__(self) -> None:
-        low, high = self.target_accuracy
-        if not 0.0 <= low < high <= 1.0:
-            raise ValueError(f"target_accuracy must satisfy 0 <= low < high <= 1, got {self.target_accuracy}")
+        if self.target_accuracy is not None:
+            low, high = self.target_accuracy
+            if not 0.0 <= low < high <= 1.0:
+                raise ValueError(
+                    f"target_accuracy must satisfy 0 <= low < high <= 1, got {self.target_accuracy}"
+                )
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         for name in ("eval_every", "dense_eval_every"):
@@ -155,10 +159,12 @@ class SFTRecipe:
             )
 
     def with_task_hints(self, task_name: str) -> SFTRecipe:
-        """The recipe with ``eval_every`` / ``dense_eval_every`` filled from the task's ``pretrain_hints``."""
+        """The recipe with ``eval_every`` / ``dense_eval_every`` / ``target_accuracy`` filled from the task's
+        ``pretrain_hints`` where unset."""
         hints = dict(getattr(TASKS.get(task_name), "pretrain_hints", {}) or {})
         return dataclasses.replace(
             self,
+            target_accuracy=self.target_accuracy or tuple(hints.get("target_accuracy", (0.2, 0.6))),
             eval_every=self.eval_every or int(hints.get("eval_every", 20)),
             dense_eval_every=self.dense_eval_every or int(hints.get("dense_eval_every", 5)),
         )
@@ -180,7 +186,7 @@ def recipe_from(values: Mapping[str, Any]) -> SFTRecipe:
     if arch is not None:
         values["architecture"] = arch
     for name in ("betas", "target_accuracy"):
-        if name in values:
+        if values.get(name) is not None:
             values[name] = tuple(values[name])
     return SFTRecipe(**values)
 
@@ -266,6 +272,7 @@ class Band:
 
     @classmethod
     def of(cls, recipe: SFTRecipe) -> Band:
+        assert recipe.target_accuracy is not None, "resolve the recipe first (SFTRecipe.with_task_hints)"
         low, high = float(recipe.target_accuracy[0]), float(recipe.target_accuracy[1])
         return cls(low, high, max(low, (low + high) / 2 - recipe.aim_tolerance))
 

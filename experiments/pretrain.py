@@ -50,8 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-seconds", type=float, default=1800.0, help="fail if the band is not reached (default 1800)"
     )
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
-    p.add_argument("--low", type=float, default=0.2, help="target band low (default 0.2)")
-    p.add_argument("--high", type=float, default=0.6, help="target band high (default 0.6)")
+    p.add_argument("--low", type=float, default=None, help="target band low (default: the task's, else 0.2)")
+    p.add_argument(
+        "--high", type=float, default=None, help="target band high (default: the task's, else 0.6)"
+    )
     p.add_argument(
         "--eval-every", type=int, default=None, help="steps between test evals (default: task's hint)"
     )
@@ -94,9 +96,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     uri = args.tracking_uri or DEFAULT_TRACKING_URI
     tracking_uri = None if uri.lower() == "none" else uri
     try:
+        band = None  # unset: the task's band (pretrain_hints), else 0.2-0.6
+        if args.low is not None or args.high is not None:
+            band = (0.2 if args.low is None else args.low, 0.6 if args.high is None else args.high)
         given = {
             "seed": args.seed,
-            "target_accuracy": (args.low, args.high),
+            "target_accuracy": band,
             "eval_every": args.eval_every,
             "dense_eval_every": args.dense_eval_every,
             "max_steps": args.max_steps,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,10 +28,9 @@ from experiments.tracking import Tracker, flatten, git_commit, provenance
 from grpo import checkpoint
 from grpo.checks import ConfigError
 from grpo.config import QuadrlConfig, register_configs, validate
-from grpo.credit import build_intervention
+from grpo.credit import Intervention, build_intervention
 from grpo.model import load_policy, resolve_device
 from grpo.trainer import Trainer
-from grpo.credit import Intervention
 from runrecord import (
     BASE_MODEL_TAG,
     CONDITION_TAG,

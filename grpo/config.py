@@ -14,6 +14,7 @@ from hydra.core.config_store import ConfigStore
 from grpo.checks import ConfigError
 from grpo.loss import KLEstimator, LossAggregation
 from grpo.optimizer import OptimizerName
+from grpo.probe import ProbeConfig
 from grpo.quadrants import EntropySplit
 from runrecord import DEFAULT_TRACKING_URI
 
@@ -227,6 +228,8 @@ class QuadrlConfig:
     """Seeds sampling, data order, LoRA init and intervention randomness."""
     run_dir: str | None = None
     """Checkpoints and outputs; default: Hydra's job output directory. Re-running in it resumes."""
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    """The counterfactual credit probe: ``quadrl-probe``, and ``probe.every`` in training runs (grpo/probe.py)."""
 
 
 def register_configs() -> None:
@@ -346,6 +349,7 @@ def validate(cfg: QuadrlConfig) -> None:
         f"model.base_max_seconds must be > 0, got {cfg.model.base_max_seconds}",
     )
     _check_device(cfg.model.device)
+    cfg.probe.validate()
     if cfg.model.source == "local":
         _check(
             cfg.model.path is not None, "model.source=local needs model.path=<a local Hugging Face directory>"

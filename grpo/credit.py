@@ -34,6 +34,7 @@ from grpo.loss import token_coefficients
 
 if TYPE_CHECKING:
     from grpo.quadrants import EntropySplit
+    from grpo.rollout import Rollout
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,40 @@ class TokenFacts:
         """[B, T] float64 c_it of the configured aggregation over ``loss_mask``: the loss is sum c * L_t."""
         width = self.max_new_tokens if self.max_new_tokens is not None else loss_mask.shape[-1]
         return token_coefficients(loss_mask, self.loss_aggregation, width)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_rollout(
+        cls,
+        rollout: Rollout,
+        rewards: Tensor,
+        group_ids: Tensor,
+        sequence_advantages: Tensor,
+        step: int,
+        *,
+        old_logprobs: Tensor | None = None,
+        ref_logprobs: Tensor | None = None,
+        loss_aggregation: str = "seq_mean_token_mean",
+        max_new_tokens: int | None = None,
+    ) -> TokenFacts:
+        """The facts of a sampled batch (the trainer's and the credit probe's one recipe): each response's
+        advantage broadcast over its tokens, the sampler's entropies and log-probs; ``old_logprobs`` default to
+        the behaviour log-probs (on-policy); the loss aggregation fixes the tokens' loss coefficients."""
+        mask = rollout.response_mask
+        return cls(
+            # rewards live on the CPU, the rollout on the model's device
+            advantages=sequence_advantages.to(mask.device)[:, None] * mask,
+            entropy=rollout.entropy,
+            behaviour_logprobs=rollout.logprobs,
+            old_logprobs=rollout.logprobs if old_logprobs is None else old_logprobs,
+            response_mask=mask,
+            group_ids=group_ids,
+            rewards=rewards,
+            step=step,
+            ref_logprobs=ref_logprobs,
+            response_ids=rollout.response_ids,
+            loss_aggregation=loss_aggregation,
+            max_new_tokens=max_new_tokens,
+        )
 
     @property
     def sequence_advantages(self) -> Tensor:

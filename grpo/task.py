@@ -89,4 +89,3 @@ def score_completions(task: Task, examples: Sequence[Example], completions: Sequ
             ", ".join(f"{kind} x{n}" for kind, n in sorted(errors.items())),
         )
     return RewardBatch(rewards, 0, dict(errors))
-

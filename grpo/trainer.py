@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from torch import Tensor
 from grpo import checkpoint
 from grpo.advantages import group_advantages, informative_groups, overlong_penalty
 from grpo.cancellation import cancellation_metrics
-from grpo.config import QuadrlConfig
+from grpo.config import QuadrlConfig, SamplingConfig
 from grpo.credit import Intervention, TokenCredit, TokenFacts
 from grpo.diagnostics import answer_diversity, logprob_change, quadrant_gradient_diagnostics
 from grpo.evaluate import evaluate
@@ -31,6 +31,7 @@ from grpo.loss import policy_loss
 from grpo.metrics import MetricsSink
 from grpo.model import Policy
 from grpo.optimizer import StepNorms, build_optimizer, optimizer_step
+from grpo.probe import credit_summary, probe_credit
 from grpo.quadrants import quadrant_stats, split_quadrants
 from grpo.rollout import Rollout, response_logprobs, sample
 from grpo.task import Example, Task, score_completions
@@ -46,6 +47,8 @@ class Batch:
     texts: list[str]
     rewards: Tensor
     group_ids: Tensor
+    reward_stats: dict[str, float] = field(default_factory=dict)
+    """What scoring cost: ``perf/reward_time_s``, ``train/reward_timeouts``, ``train/reward_errors``."""
 
     def select(self, rows: Tensor) -> Batch:
         r = self.rollout
@@ -99,6 +102,41 @@ def concat_batches(batches: list[Batch], pad_id: int) -> Batch:
         torch.cat([b.rewards for b in batches]),
         torch.cat(group_ids),
     )
+
+
+def sample_groups(
+    policy: Policy,
+    task: Task,
+    examples: list[Example],
+    group_size: int,
+    sampling: SamplingConfig,
+    generator: torch.Generator,
+) -> Batch:
+    """``group_size`` responses to each prompt, scored by the task's verifier (rows ordered by prompt)."""
+    flat = [ex for ex in examples for _ in range(group_size)]
+    policy.model.eval()
+    roll = sample(
+        policy.model,
+        [policy.encode_prompt(ex.prompt) for ex in flat],
+        max_new_tokens=sampling.max_new_tokens,
+        eos_id=policy.stop_ids,
+        pad_id=policy.pad_id,
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        generator=generator,
+    )
+    policy.model.train()  # the update that follows trains in train mode (LoRA dropout)
+    texts = [policy.decode(roll.response_ids[i][roll.response_mask[i]].tolist()) for i in range(len(flat))]
+    started = time.perf_counter()
+    scored = score_completions(task, flat, texts)
+    stats = {
+        "perf/reward_time_s": time.perf_counter() - started,
+        "train/reward_timeouts": float(scored.timeouts),
+        "train/reward_errors": float(sum(scored.errors.values())),
+    }
+    rewards = torch.tensor(scored.rewards, dtype=torch.float32)
+    group_ids = torch.arange(len(examples)).repeat_interleave(group_size)
+    return Batch(roll, flat, texts, rewards, group_ids, stats)
 
 
 def lr_lambda(schedule: str, warmup: int, total: int):
@@ -186,29 +224,11 @@ class Trainer:
 
     # ---------------------------------------------------------------- rollout
     def sample_groups(self, examples: list[Example]) -> Batch:
-        g, s, pol = self.cfg.algo.group_size, self.cfg.sampling, self.policy
-        flat = [ex for ex in examples for _ in range(g)]
-        pol.model.eval()
-        roll = sample(
-            pol.model,
-            [pol.encode_prompt(ex.prompt) for ex in flat],
-            max_new_tokens=s.max_new_tokens,
-            eos_id=pol.stop_ids,
-            pad_id=pol.pad_id,
-            temperature=s.temperature,
-            top_p=s.top_p,
-            generator=self.generators["sampling"],
-        )
-        pol.model.train()
-        texts = [pol.decode(roll.response_ids[i][roll.response_mask[i]].tolist()) for i in range(len(flat))]
-        started = time.perf_counter()
-        scored = score_completions(self.task, flat, texts)
-        self.reward_log["perf/reward_time_s"] += time.perf_counter() - started
-        self.reward_log["train/reward_timeouts"] += scored.timeouts
-        self.reward_log["train/reward_errors"] += sum(scored.errors.values())
-        rewards = torch.tensor(scored.rewards, dtype=torch.float32)
-        group_ids = torch.arange(len(examples)).repeat_interleave(g)
-        return Batch(roll, flat, texts, rewards, group_ids)
+        g, s = self.cfg.algo.group_size, self.cfg.sampling
+        batch = sample_groups(self.policy, self.task, examples, g, s, self.generators["sampling"])
+        for key, value in batch.reward_stats.items():
+            self.reward_log[key] += value
+        return batch
 
     def rollout(self) -> tuple[Batch, dict[str, float]]:
         """Sample a batch; with DAPO dynamic sampling keep only groups with reward variance, refilling."""
@@ -268,7 +288,6 @@ class Trainer:
 
     def facts(self, batch: Batch, step: int) -> TokenFacts:
         a, r = self.cfg.algo, batch.rollout
-        mask = r.response_mask
         # the overlong penalty shapes the advantages only: the facts keep the task's rewards
         shaped = batch.rewards + self.overlong(batch)
         seq_adv = group_advantages(shaped, batch.group_ids, a.scale_adv_by_std, a.adv_eps)
@@ -282,18 +301,14 @@ class Trainer:
             module, context = self.policy.reference_context()
             with torch.no_grad(), context:
                 ref = self.logprobs(batch, everything, module)
-        return TokenFacts(
-            # rewards live on the CPU, the rollout on the model's device
-            advantages=seq_adv.to(mask.device)[:, None] * mask,
-            entropy=r.entropy,
-            behaviour_logprobs=r.logprobs,
+        return TokenFacts.from_rollout(
+            r,
+            batch.rewards,
+            batch.group_ids,
+            seq_adv,
+            step,
             old_logprobs=old,
-            response_mask=mask,
-            group_ids=batch.group_ids,
-            rewards=batch.rewards,
-            step=step,
             ref_logprobs=ref,
-            response_ids=r.response_ids,
             loss_aggregation=a.loss_aggregation,
             max_new_tokens=self.cfg.sampling.max_new_tokens,
         )
@@ -466,6 +481,21 @@ class Trainer:
         self.tracker.log_table(rows, f"eval_samples/step_{step:06d}.json")
         return metrics
 
+    def probe(self, step: int) -> dict[str, float]:
+        """``probe/*``: where the measured credit of the current policy sits (grpo/probe.py), on the first
+        ``probe.n_prompts`` prompts of its split, with a generator of its own: training's streams are untouched."""
+        p = self.cfg.probe
+        examples = list((self.task.test() if p.split == "test" else self.train_examples)[: p.n_prompts])
+        gen = torch.Generator().manual_seed(self.cfg.seed * 15_485_863 + step)
+        batch = sample_groups(self.policy, self.task, examples, p.group_size, self.cfg.sampling, gen)
+        result = probe_credit(
+            self.policy, self.task, batch, p, self.cfg.sampling, self.cfg.algo, gen, step=step
+        )
+        return credit_summary(result, self.diag_split)
+
+    def probe_due(self, steps_done: int) -> bool:
+        return self.cfg.probe.every > 0 and steps_done % self.cfg.probe.every == 0
+
     def state(self) -> dict[str, Any]:
         return {
             "next_step": self.next_step,
@@ -500,6 +530,8 @@ class Trainer:
         if self.next_step == 0 and self.eval_due(0):
             final = self.evaluate(0)
             self.tracker.log_metrics(final, 0)
+        if self.next_step == 0 and self.probe_due(0):
+            self.tracker.log_metrics(self.probe(0), 0)
         progress = None
         if cfg.train.progress:
             from tqdm import tqdm
@@ -512,6 +544,8 @@ class Trainer:
             if self.eval_due(self.next_step):
                 final = self.evaluate(self.next_step)
                 self.tracker.log_metrics(final, self.next_step)
+            if self.probe_due(self.next_step):
+                self.tracker.log_metrics(self.probe(self.next_step), self.next_step)
             if self.next_step % cfg.train.checkpoint_every == 0 or self.next_step == cfg.train.steps:
                 self.save_checkpoint()
             if progress is not None:

@@ -1,4 +1,5 @@
-"""Task registry: importing this package registers the built-in tasks (``arith``, ``countdown``, ``math_file``).
+"""Task registry: importing this package registers the built-in tasks (``arith``, ``countdown``, ``fork``,
+``math_file``).
 
 ``make_task(name, **params)`` builds one from its config (``conf/task/<name>.yaml`` minus ``name``).
 """
@@ -8,7 +9,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from experiments.tasks import arith, countdown, math_file  # noqa: F401  (register the built-in tasks)
+from experiments.tasks import arith, countdown, fork, math_file  # noqa: F401  (register the built-in tasks)
 from experiments.tasks.registry import TASKS, register_task
 from grpo.task import Example, Task
 

@@ -121,8 +121,8 @@ def test_report_paired_section(tmp_path):
     assert row.rstrip().endswith("| collapse removed |")
     assert "pair condition 'intervention=typo' is not among the runs; pair left out" in text
     assert "| intervention=typo |" not in text
-    # the synthetic runs log no cancel/* or update norms: those figures are skipped with a note
-    assert "figure 'cancellation' skipped" in text
+    # the synthetic runs log no cancel/* or update norms: those figures are left out, without a warning
+    assert "figures/cancellation.png" not in text and "figure 'cancellation' skipped" not in text
 
 
 def test_panel_figure_draws_logged_metrics_and_marks_missing_ones(tmp_path):

@@ -112,3 +112,49 @@ def test_cli_missing_database_is_a_clean_error(tmp_path, capsys):
     assert report.main(["--tracking-uri", uri, "--experiment", "x", "--out", str(tmp_path / "o")]) == 2
     assert "no MLflow database" in capsys.readouterr().err
     assert not (tmp_path / "absent.db").exists()  # not created as a side effect
+
+
+def test_credit_probe_over_training_gets_its_figures_only_when_logged(tmp_path):
+    """Runs with ``probe.every`` log probe/<q>/<share> at a few steps: the report draws them per quadrant;
+    reports of runs without them (test_report_end_to_end) draw nothing and warn about nothing."""
+    from mlflow.entities import Metric
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    parent = log_synthetic_sweep(
+        uri,
+        "probed",
+        [SyntheticCondition("none", 0.7, seeds=(0, 1)), SyntheticCondition("hapo", 0.8, seeds=(0, 1))],
+        steps=20,
+        quadrant_stats=("share",),
+        artifact_location=(tmp_path / "artifacts").as_uri(),
+    )
+    client = MlflowClient(uri)
+    for run in client.search_runs([client.get_experiment_by_name("probed").experiment_id]):
+        if run.info.run_id == parent:
+            continue
+        metrics = [
+            Metric(f"probe/{q}/{stat}", 0.1 + 0.01 * step, 0, step)
+            for q in ("pos_high", "pos_low", "neg_high", "neg_low")
+            for stat in ("delta_share", "delta_sq_share", "info_share")
+            for step in (0, 10, 20)
+        ]
+        client.log_batch(run.info.run_id, metrics=metrics)
+    out = tmp_path / "rep"
+    text = report.build_report(
+        report.ReportOptions(out_dir=out, tracking_uri=uri, parent_run_id=parent, control=CTRL, min_seeds=2)
+    ).read_text()
+    for stat in ("delta_share", "delta_sq_share", "info_share"):
+        assert (out / "figures" / f"probe_{stat}.png").stat().st_size > 1000
+        assert f"](figures/probe_{stat}.png)" in text
+    assert "Credit probe per quadrant: share of measured credit sum |delta|" in text
+
+
+def test_reports_without_probe_metrics_have_no_probe_figures(sweep, tmp_path):
+    uri, parent, _ = sweep
+    out = tmp_path / "rep"
+    text = report.build_report(
+        report.ReportOptions(
+            out_dir=out, tracking_uri=uri, parent_run_id=parent, control=CTRL, n_resamples=200
+        )
+    ).read_text()
+    assert "probe" not in text and not list((out / "figures").glob("probe_*"))

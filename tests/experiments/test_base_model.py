@@ -22,6 +22,8 @@ from experiments.base_model import (
 from experiments.tasks import make_task
 from experiments.tasks.tokenizer import build_char_tokenizer
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see tests/conftest.py
+
 FAST = {"batch_size": 16, "warmup_steps": 5, "eval_every": 5, "dense_eval_every": 5, "tracking_uri": None}
 """Tiny batches and a short warm-up so a handful of steps show learning."""
 
@@ -46,16 +48,6 @@ def ensure_base_model(task, params, **kwargs):
 
 def evaluate_accuracy(model, tokenizer, task):
     return greedy_accuracy(model, tokenizer, task, list(task.test()))
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One intra-op thread: on the 2-core machine, 2 threads next to any other busy process run ~50x slower
-    (measured: 30 smoke steps 3.6 s with 1 thread, >170 s with 2)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_build_tiny_model_config_and_seed():

@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 
 from experiments.tasks import make_task
-from grpo.task import Example, RewardBatch, score_completions
 from experiments.tasks.hostile import hostile_completions
 from experiments.tasks.workers import VerifierPool
+from grpo.task import Example, RewardBatch, score_completions
 from tests.conftest import REPO, make_trainer
 
 
