@@ -49,6 +49,30 @@ CREDIT_STATS = {
     "info_share": "share of sum I",
 }
 """What a training run's credit probe (``probe.every``) logs per quadrant, as ``probe/<q>/<stat>``."""
+PANEL_FIGURES = {
+    "cancellation": (
+        "Gradient cancellation on shared prefixes over training (cancel/*)",
+        [
+            ("cancel/uncancelled_ratio", "uncancelled ratio sum|net| / sum gross (credit used)"),
+            ("cancel/uncancelled_ratio_plain", "uncancelled ratio under plain GRPO credit, same batch"),
+            ("cancel/shared_token_share", "share of response tokens at shared nodes"),
+            ("cancel/shared_mass_share", "share of gradient mass at shared nodes (credit used)"),
+        ],
+    ),
+    "cancellation_kinds": (
+        "Uncancelled ratio per node kind (cancel/<kind>/uncancelled_ratio)",
+        [(f"cancel/{k}/uncancelled_ratio", f"{k} nodes") for k in (*QUADRANTS, "mixed")],
+    ),
+    "optimiser": (
+        "The optimiser's share: gradient and parameter-update norms (train/*)",
+        [
+            ("train/grad_norm", "gradient norm (before clipping)"),
+            ("train/update_norm", "parameter update norm ||delta theta||"),
+            ("train/update_to_grad_ratio", "update norm / clipped gradient norm"),
+        ],
+    ),
+}
+"""Multi-panel figures over training drawn by the report: stem -> (title, [(metric, panel title)])."""
 CONTROL_COLOR = "black"
 FORMATS = ("png", "svg")
 
@@ -199,24 +223,62 @@ def plot_quadrant_stat(
 ) -> tuple[list[Path], list[Note]]:
     """One figure for ``<prefix>/<q>/<stat>``: a panel per quadrant, a line per condition (``prefix``:
     ``quadrant`` for the per-step statistics, ``probe`` for the credit probe's shares)."""
-    names = {**QUADRANT_STATS, **CREDIT_STATS}
-    metrics = [f"{prefix}/{q}/{stat}" for q in QUADRANTS]
+    name = {**QUADRANT_STATS, **CREDIT_STATS}.get(stat, stat)
+    return plot_panels(
+        history,
+        [(f"{prefix}/{q}/{stat}", QUADRANT_TITLES[q]) for q in QUADRANTS],
+        out_dir,
+        colors,
+        stem=f"{prefix}_{stat}",
+        what=f"quadrant {stat}",
+        title=f"Per-quadrant {name} over training ({prefix}/<q>/{stat})",
+        ylabel=name,
+        control=control,
+        smooth=smooth,
+        seed=seed,
+    )
+
+
+def plot_panels(
+    history: pd.DataFrame,
+    panels: Sequence[tuple[str, str]],
+    out_dir: Path,
+    colors: dict[str, str],
+    *,
+    stem: str,
+    what: str,
+    title: str,
+    ylabel: str | None = None,
+    control: str | None = None,
+    smooth: int | None = None,
+    seed: int = 0,
+) -> tuple[list[Path], list[Note]]:
+    """One figure, a panel per (metric, panel title) in two columns, a line per condition (mean over seeds
+    with its 95% CI band) over training. ``title`` gets "(mean over seeds, 95% CI)" appended; ``what`` names
+    the figure in skip notes. Panels whose metric was not logged say so; no metric at all skips the figure."""
+    metrics = [m for m, _ in panels]
     present = [m for m in metrics if (history["metric"] == m).any()]
     if not present:
-        return [], [_missing(metrics, f"quadrant {stat}")]
+        return [], [_missing(metrics, what)]
     notes = (
         []
         if len(present) == len(metrics)
-        else [_missing([m for m in metrics if m not in present], f"quadrant {stat} (panels left empty)")]
+        else [_missing([m for m in metrics if m not in present], f"{what} (panels left empty)")]
     )
     if smooth is None:
         smooth = max(auto_smooth(history, m) for m in present)
     conditions = sorted(
         history.loc[history["metric"].isin(present), "condition"].unique(), key=lambda c: (c != control, c)
     )
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7), sharex=True)
-    for ax, q, m in zip(axes.flat, QUADRANTS, metrics, strict=True):
-        ax.set_title(QUADRANT_TITLES[q], fontsize=10)
+    n_rows = (len(panels) + 1) // 2
+    fig, axes = plt.subplots(n_rows, 2, figsize=(11, 3.5 * n_rows), sharex=True, squeeze=False)
+    for ax in axes.flat[len(panels) :]:
+        ax.set_visible(False)
+    if len(panels) % 2 and n_rows > 1:  # the panel above the empty slot is a bottom panel: give it its ticks
+        axes[-2, 1].tick_params(labelbottom=True)
+        axes[-2, 1].set_xlabel("training step")
+    for ax, (m, panel_title) in zip(axes.flat, panels, strict=False):
+        ax.set_title(panel_title, fontsize=10)
         ax.grid(alpha=0.3)
         if m not in present:
             ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes, color="grey")
@@ -227,10 +289,10 @@ def plot_quadrant_stat(
                 _draw_condition(
                     ax, band, colors.get(cond, "grey"), _label(cond, control=control), cond == control, 0.08
                 )
-    for ax in axes[1]:
+    for ax in axes[-1]:
         ax.set_xlabel("training step")
     for ax in axes[:, 0]:
-        ax.set_ylabel(names.get(stat, stat))
+        ax.set_ylabel(ylabel or "")
     handles, labels = [], []
     for ax in axes.flat:
         for hnd, lab in zip(*ax.get_legend_handles_labels(), strict=True):
@@ -241,12 +303,9 @@ def plot_quadrant_stat(
         handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, title="condition"
     )
     smooth_note = f"; rolling mean over {smooth} points" if smooth > 1 else ""
-    fig.suptitle(
-        f"Per-quadrant {names.get(stat, stat)} over training "
-        f"({prefix}/<q>/{stat}; mean over seeds, 95% CI{smooth_note})"
-    )
+    fig.suptitle(f"{title} (mean over seeds, 95% CI{smooth_note})")
     fig.tight_layout()
-    return _save(fig, out_dir, f"{prefix}_{stat}"), notes
+    return _save(fig, out_dir, stem), notes
 
 
 def plot_final_metrics(

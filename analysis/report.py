@@ -35,7 +35,17 @@ from analysis.results import (
     results_from,
     write_results,
 )
-from analysis.stats import DEFAULT_METRIC, MetricSummary, Note, pass_at_k_metrics, summarise, usable_runs
+from analysis.stats import (
+    ALPHA,
+    DEFAULT_METRIC,
+    MetricSummary,
+    Note,
+    change_from_start,
+    compare_pairs,
+    pass_at_k_metrics,
+    summarise,
+    usable_runs,
+)
 from runrecord import DEFAULT_TRACKING_URI
 
 log = logging.getLogger(__name__)
@@ -52,6 +62,7 @@ NOTE_SECTIONS = [
     ("missing_seed", "Runs without a seed"),
     ("unequal_steps", "Runs of unequal length"),
     ("no_control", "Control"),
+    ("pairs", "Paired comparisons"),
     ("no_runs", "No runs"),
     ("artifact", "Artifact logging"),
 ]
@@ -68,6 +79,10 @@ class Report:
     extra: list[MetricSummary]
     figures: list[tuple[str, list[Path]]] = field(default_factory=list)
     notes: list[Note] = field(default_factory=list)
+    changes: pd.DataFrame | None = None
+    """Per condition, the main metric's change from its first logged value (stats.change_from_start)."""
+    pairs: pd.DataFrame | None = None
+    """The ``pairs`` compared directly (stats.compare_pairs); None when none were asked for."""
     reference: ReferenceCheck | None = None
     """The check against ``ReportOptions.reference``, when one was given."""
 
@@ -111,6 +126,9 @@ class ReportOptions:
     """Log the report folder as artifact ``report/`` of the parent run."""
     echo: bool = True
     """Print the summary table and the report's location."""
+    pairs: tuple[tuple[str, str], ...] = ()
+    """(condition, reference) pairs compared directly, e.g. a fix against its condition "as is" (names
+    matched as ``control`` is); Holm-adjusted across the pairs, with a verdict on collapses."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out_dir", Path(self.out_dir))
@@ -177,7 +195,27 @@ def analyse(opts: ReportOptions) -> Report:
     notes = list(main.notes) + [n for s in extra for n in s.notes if n.kind not in extra_kinds]
     if control is None:
         notes.append(Note("no_control", f"no control condition: {control_note}; no comparisons"))
-
+    changes = change_from_start(main.per_run, n_resamples=opts.n_resamples, seed=seed)
+    pairs = None
+    if opts.pairs:
+        resolved = []
+        for cond, ref in opts.pairs:
+            names = [str(resolve_control(runset.runs, n, runset.shared_overrides)[0]) for n in (cond, ref)]
+            missing = [n for n in names if n not in runset.conditions]
+            notes += [
+                Note("pairs", f"pair condition {n!r} is not among the runs; pair left out") for n in missing
+            ]
+            if not missing:
+                resolved.append((names[0], names[1]))
+        pairs = compare_pairs(
+            main.per_run,
+            resolved,
+            changes,
+            compare_on=opts.compare_on,
+            min_seeds=opts.min_seeds,
+            n_resamples=opts.n_resamples,
+            seed=seed,
+        )
     used = (
         usable_runs(runset.runs, include_running=opts.include_running)
         if not runset.runs.empty
@@ -186,7 +224,7 @@ def analyse(opts: ReportOptions) -> Report:
     hist = runset.history[runset.history["run_id"].isin(used["run_id"])] if not used.empty else runset.history
     colors = figures.condition_colors(runset.conditions, control)
     fig_dir = opts.out_dir / "figures"
-    report = Report(runset, control, control_note, main, extra)
+    report = Report(runset, control, control_note, main, extra, changes=changes, pairs=pairs)
     drawn = [
         (
             f"Learning curves: {metric}",
@@ -198,6 +236,26 @@ def analyse(opts: ReportOptions) -> Report:
             (
                 f"Per quadrant: {name}",
                 figures.plot_quadrant_stat(hist, stat, fig_dir, colors, control=control, seed=seed),
+            )
+        )
+    logged = set(hist["metric"].unique())
+    for stem, (title, metric_panels) in figures.PANEL_FIGURES.items():
+        if not logged & {metric for metric, _ in metric_panels}:  # runs from before these metrics existed
+            continue
+        drawn.append(
+            (
+                title,
+                figures.plot_panels(
+                    hist,
+                    metric_panels,
+                    fig_dir,
+                    colors,
+                    stem=stem,
+                    what=stem,
+                    title=title,
+                    control=control,
+                    seed=seed,
+                ),
             )
         )
     if (
@@ -292,6 +350,32 @@ def render_markdown(report: Report, opts: ReportOptions) -> str:
     ]
     for s in report.extra:
         out += [f"### `{s.metric}`", "", tables.to_markdown(*tables.summary_rows(s, full=False)), ""]
+    if report.changes is not None and not report.changes.empty:
+        out += [
+            f"## Change from the start: `{report.main.metric}`",
+            "",
+            tables.to_markdown(*tables.change_rows(report.changes)),
+            "",
+            "final - start per seed (start = the first logged value, e.g. the base model at step 0); two-sided",
+            "one-sample t-test of a zero change, Holm-adjusted across conditions. Significantly negative: the",
+            "condition collapsed below where it started.",
+            "",
+        ]
+    if report.pairs is not None:
+        out += [
+            f"## Paired comparisons: `{report.main.metric}` ({report.main.compare_on})",
+            "",
+            tables.to_markdown(*tables.pair_rows(report.pairs)),
+            "",
+            "Each condition against its reference (e.g. a fix against the same condition as is): bootstrap CIs",
+            "(the difference's resamples both sides), Welch and Mann-Whitney p-values Holm-adjusted across the",
+            f"pairs. Verdict at alpha = {ALPHA} on the Holm-adjusted Welch p: a *collapse* is a change from the",
+            "start significantly below 0 (table above); *collapse removed* = the fix is significantly better",
+            "than its reference and not itself significantly below its start; *collapse reduced* = better but",
+            "still below its start; *collapse not removed* = no significant difference; *too few seeds* = fewer",
+            f"than {max(opts.min_seeds, 2)} seeds on a side (not tested). Pairs whose conditions did not run are left out.",
+            "",
+        ]
     if report.reference is not None:
         out += [reference_markdown(report.reference, opts.reference)]
     out += ["## Warnings", ""]
@@ -377,6 +461,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
     p.add_argument("--include-running", action="store_true", help="also average RUNNING runs")
     p.add_argument(
+        "--pair",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("CONDITION", "REFERENCE"),
+        help="compare CONDITION with REFERENCE directly (repeatable), e.g. a fix against its condition as is",
+    )
+    p.add_argument(
         "--reference", type=Path, help="a results file to check this study against (e.g. docs/results/x.json)"
     )
     p.add_argument("--no-log-artifact", action="store_true", help="do not log the report to the parent run")
@@ -412,6 +504,7 @@ def _run_cli(a: argparse.Namespace) -> None:
             include_running=a.include_running,
             reference=a.reference,
             log_artifact=not a.no_log_artifact,
+            pairs=tuple((cond, ref) for cond, ref in a.pair),
         )
     )
 

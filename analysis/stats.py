@@ -52,7 +52,7 @@ class MetricSummary:
         target: the target value of steps-to-target (None: not computed).
         compare_on: which per-run quantity the tests compare ("final", "best" or "auc").
         per_run: one row per used run: run_id, condition, seed, final, best, auc, steps_to_target,
-            last_step, n_points.
+            last_step, n_points, start (the first logged value).
         table: one row per condition; see :func:`summarise` for the columns.
         notes: warnings (runs missing the metric, too few seeds, ...).
     """
@@ -123,6 +123,12 @@ def final_value(steps: Sequence[float], values: Sequence[float]) -> float:
     """Value at the largest step (NaN for an empty curve)."""
     _, v = _curve(steps, values)
     return float(v[-1]) if v.size else math.nan
+
+
+def start_value(steps: Sequence[float], values: Sequence[float]) -> float:
+    """Value at the smallest step (NaN for an empty curve): the starting point a run moved away from."""
+    _, v = _curve(steps, values)
+    return float(v[0]) if v.size else math.nan
 
 
 def best_value(steps: Sequence[float], values: Sequence[float], *, maximize: bool = True) -> float:
@@ -277,6 +283,7 @@ def per_run_metrics(
     """
     notes: list[Note] = []
     cols = ["run_id", "condition", "seed", "final", "best", "auc", "steps_to_target", "last_step", "n_points"]
+    cols.append("start")  # the first logged value, for change_from_start
     hist = history[history["metric"] == metric]
     curves = {rid: g for rid, g in hist.groupby("run_id", sort=False)}
     ordered = runs.sort_values("start_time", na_position="first") if "start_time" in runs else runs
@@ -328,6 +335,7 @@ def per_run_metrics(
                 "steps_to_target": steps_to_target(s, v, target) if target is not None else math.nan,
                 "last_step": int(np.nanmax(s)),
                 "n_points": int(np.sum(~np.isnan(v))),
+                "start": start_value(s, v),
             }
         )
     table = pd.DataFrame(rows, columns=cols)
@@ -467,3 +475,174 @@ def summarise(
         table=table,
         notes=notes,
     )
+
+
+# ------------------------------------------------------------------------------- change from start, pairs
+
+ALPHA = 0.05
+"""Level of the verdicts of :func:`compare_pairs` (Holm-adjusted p-values below it count as significant)."""
+
+
+def mean_difference_ci(
+    a: Sequence[float] | np.ndarray,
+    b: Sequence[float] | np.ndarray,
+    *,
+    confidence: float = 0.95,
+    n_resamples: int = 10_000,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile-bootstrap CI of mean(a) - mean(b), each resampled on its own (independent seeds' runs).
+
+    NaNs dropped; (nan, nan) unless both have at least 2 values.
+    """
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    x, y = x[~np.isnan(x)], y[~np.isnan(y)]
+    if x.size < 2 or y.size < 2:
+        return (math.nan, math.nan)
+    rng = np.random.default_rng(seed)
+    diff = x[rng.integers(0, x.size, (n_resamples, x.size))].mean(1) - y[
+        rng.integers(0, y.size, (n_resamples, y.size))
+    ].mean(1)
+    alpha = (1.0 - confidence) / 2.0
+    lo, hi = np.percentile(diff, [100 * alpha, 100 * (1 - alpha)])
+    return (float(lo), float(hi))
+
+
+def change_from_start(
+    per_run: pd.DataFrame, *, confidence: float = 0.95, n_resamples: int = 10_000, seed: int = 0
+) -> pd.DataFrame:
+    """Per condition, the change of the metric from each run's first logged value to its last (final - start).
+
+    Columns: condition, n, start_mean, change_mean, change_lo, change_hi (percentile-bootstrap CI over seeds),
+    p_change (two-sided one-sample t-test of change = 0; NaN with < 2 seeds or no variance), p_change_holm
+    (Holm across the conditions). A significantly negative change is a collapse below the starting point.
+    """
+    rows = []
+    for i, (cond, g) in enumerate(per_run.groupby("condition", sort=True)):
+        change = (g["final"] - g["start"]).to_numpy(dtype=float)
+        change = change[~np.isnan(change)]
+        mean, lo, hi = mean_ci(change, confidence=confidence, n_resamples=n_resamples, seed=seed + i)
+        p = math.nan
+        if change.size >= 2 and np.ptp(change) > 0:
+            p = float(sps.ttest_1samp(change, 0.0).pvalue)
+        elif change.size >= 2 and change[0] != 0:  # identical non-zero changes: as certain as it gets
+            p = 0.0
+        rows.append(
+            {
+                "condition": cond,
+                "n": int(change.size),
+                "start_mean": float(g["start"].mean()),
+                "change_mean": mean,
+                "change_lo": lo,
+                "change_hi": hi,
+                "p_change": p,
+            }
+        )
+    cols = ["condition", "n", "start_mean", "change_mean", "change_lo", "change_hi", "p_change"]
+    table = pd.DataFrame(rows, columns=cols)
+    table["p_change_holm"] = holm(table["p_change"].to_numpy()) if len(table) else []
+    return table
+
+
+def _collapsed(change: pd.Series | None, alpha: float) -> bool:
+    return change is not None and change["change_mean"] < 0 and change["p_change_holm"] < alpha
+
+
+def pair_verdict(
+    reference_collapsed: bool, fix_collapsed: bool, diff: float, p_holm: float, alpha: float
+) -> str:
+    """What a (fix, reference) comparison says, at level ``alpha`` on Holm-adjusted p-values:
+
+    - reference collapsed (its final value significantly below its start): ``collapse removed`` when the fix
+      is significantly better and not itself significantly below its start, ``collapse reduced`` when it is
+      significantly better but still below its start, ``collapse not removed`` when the difference is not
+      significant, ``worse`` when significantly lower;
+    - otherwise ``better`` / ``worse`` / ``no significant difference``.
+    """
+    significant = not math.isnan(p_holm) and p_holm < alpha
+    if not significant or math.isnan(diff):
+        return "collapse not removed" if reference_collapsed else "no significant difference"
+    if diff < 0:
+        return "worse"
+    if not reference_collapsed:
+        return "better"
+    return "collapse reduced" if fix_collapsed else "collapse removed"
+
+
+def compare_pairs(
+    per_run: pd.DataFrame,
+    pairs: Sequence[tuple[str, str]],
+    changes: pd.DataFrame,
+    *,
+    compare_on: str = "final",
+    min_seeds: int = 3,
+    alpha: float = ALPHA,
+    confidence: float = 0.95,
+    n_resamples: int = 10_000,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Each (condition, reference) pair compared directly, e.g. a fix against its condition "as is".
+
+    Columns: condition, reference, n, n_ref, mean/lo/hi and ref_mean/ref_lo/ref_hi (the ``compare_on`` value,
+    bootstrap CIs), diff with diff_lo/diff_hi (bootstrap CI of the difference of means), p_welch, p_mwu and
+    their Holm adjustments across the pairs, hedges_g, verdict (:func:`pair_verdict`, from ``changes`` =
+    :func:`change_from_start`). Pairs with fewer than ``min_seeds`` seeds on either side get no p-values and the
+    verdict ``too few seeds``.
+    """
+    by_condition = changes.set_index("condition") if not changes.empty else pd.DataFrame()
+    rows = []
+    for i, (cond, ref) in enumerate(pairs):
+        x = per_run.loc[per_run["condition"] == cond, compare_on].to_numpy(dtype=float)
+        y = per_run.loc[per_run["condition"] == ref, compare_on].to_numpy(dtype=float)
+        cmp = compare_to_control(x, y)
+        if min(x.size, y.size) < max(min_seeds, 2):
+            cmp.update(p_welch=math.nan, p_mwu=math.nan)
+        mean, lo, hi = mean_ci(x, confidence=confidence, n_resamples=n_resamples, seed=seed + 2 * i)
+        ref_mean, ref_lo, ref_hi = mean_ci(
+            y, confidence=confidence, n_resamples=n_resamples, seed=seed + 2 * i + 1
+        )
+        diff_lo, diff_hi = mean_difference_ci(
+            x, y, confidence=confidence, n_resamples=n_resamples, seed=seed + i
+        )
+        rows.append(
+            {
+                "condition": cond,
+                "reference": ref,
+                "n": int(x.size),
+                "n_ref": int(y.size),
+                "mean": mean,
+                "lo": lo,
+                "hi": hi,
+                "ref_mean": ref_mean,
+                "ref_lo": ref_lo,
+                "ref_hi": ref_hi,
+                "diff": cmp["mean_diff"],
+                "diff_lo": diff_lo,
+                "diff_hi": diff_hi,
+                "p_welch": cmp["p_welch"],
+                "p_mwu": cmp["p_mwu"],
+                "hedges_g": cmp["hedges_g"],
+            }
+        )
+    cols = ["condition", "reference", "n", "n_ref", "mean", "lo", "hi", "ref_mean", "ref_lo", "ref_hi"]
+    cols += ["diff", "diff_lo", "diff_hi", "p_welch", "p_mwu", "hedges_g"]
+    table = pd.DataFrame(rows, columns=cols)
+    table["p_welch_holm"] = holm(table["p_welch"].to_numpy()) if len(table) else []
+    table["p_mwu_holm"] = holm(table["p_mwu"].to_numpy()) if len(table) else []
+
+    def change(name: str) -> pd.Series | None:
+        return by_condition.loc[name] if name in by_condition.index else None
+
+    table["verdict"] = [
+        pair_verdict(
+            _collapsed(change(r.reference), alpha),
+            _collapsed(change(r.condition), alpha),
+            r.diff,
+            r.p_welch_holm,
+            alpha,
+        )
+        if min(r.n, r.n_ref) >= max(min_seeds, 2)
+        else "too few seeds"
+        for r in table.itertuples(index=False)
+    ]
+    return table

@@ -86,6 +86,45 @@ def summary_rows(summary: MetricSummary, *, full: bool = True) -> tuple[list[str
     return header, rows
 
 
+def change_rows(changes: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the change-from-start table (:func:`analysis.stats.change_from_start`)."""
+    header = ["condition", "seeds", "start", "final - start [95% CI]", "p (t-test)", "p Holm"]
+    rows = [
+        [
+            r.condition,
+            str(r.n),
+            fmt_num(r.start_mean),
+            fmt_ci(r.change_mean, r.change_lo, r.change_hi),
+            fmt_p(r.p_change),
+            fmt_p(r.p_change_holm),
+        ]
+        for r in changes.itertuples(index=False)
+    ]
+    return header, rows
+
+
+def pair_rows(pairs: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the paired-comparison table (:func:`analysis.stats.compare_pairs`)."""
+    header = ["condition", "reference", "condition [95% CI]", "reference [95% CI]", "difference [95% CI]"]
+    header += ["p Welch", "p Welch Holm", "p MWU Holm", "Hedges g", "verdict"]
+    rows = [
+        [
+            r.condition,
+            r.reference,
+            fmt_ci(r.mean, r.lo, r.hi) + f" (n={r.n})",
+            fmt_ci(r.ref_mean, r.ref_lo, r.ref_hi) + f" (n={r.n_ref})",
+            fmt_ci(r.diff, r.diff_lo, r.diff_hi),
+            fmt_p(r.p_welch),
+            fmt_p(r.p_welch_holm),
+            fmt_p(r.p_mwu_holm),
+            fmt_num(r.hedges_g, 2),
+            r.verdict,
+        ]
+        for r in pairs.itertuples(index=False)
+    ]
+    return header, rows
+
+
 def to_markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """A GitHub-flavoured markdown table (pipes in cells escaped)."""
 

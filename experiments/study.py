@@ -2,6 +2,7 @@
 
     quadrl-study                                   # conf/experiment/quadrant_study.yaml, local, 2 jobs at a time
     quadrl-study --launcher slurm seed=0,1,2,3,4   # extra arguments are Hydra overrides for every job
+    quadrl-study --preset quadrant_mechanisms      # cancellation and the optimiser: fixes against masks as is
 
 Steps: (1) resolve the base model once, before any job exists: the shipped one (checksums verified) or, for
 other parameters, one built and cached, so that parallel jobs do not all pre-train it; (2) run the sweep as
@@ -9,7 +10,8 @@ other parameters, one built and cached, so that parallel jobs do not all pre-tra
 and one child run per job; (3) write the report from the parent run's children, log it to the parent, and check
 the results against the published ones (docs/results/<preset>.json, the README's tables), condition by
 condition. Progress (jobs done, elapsed) is printed as the sweep runs; a failed job does not stop the others, and
-the report lists it.
+the report lists it. The report's control and its paired comparisons are the preset's :data:`STUDY_REPORTS`
+entry (the preset's YAML holds the grid; the Hydra schema has no place for report settings).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import argparse
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -32,6 +35,34 @@ from experiments.tracking import ensure_experiment
 
 REFERENCES = CONF_DIR.parent / "docs" / "results"
 """Published results of each preset (``<preset>.json``): the README's tables are generated from them."""
+
+
+@dataclass(frozen=True)
+class StudyReport:
+    """How ``quadrl-study`` reports the sweep of one preset."""
+
+    control: str = "intervention=none"
+    """The condition the others are compared with (``--control`` overrides it)."""
+    pairs: tuple[tuple[str, str], ...] = ()
+    """(condition, reference) pairs compared directly, e.g. each fix against its condition as is."""
+
+
+MECHANISM_MASKS = ("only_pos_low", "only_neg_low", "only_neg_high")
+STUDY_REPORTS = {
+    "quadrant_study": StudyReport(),
+    "quadrant_mechanisms": StudyReport(
+        control="+mechanism=baseline",
+        pairs=(
+            ("+mechanism=sgd", "+mechanism=baseline"),
+            *(
+                (f"+mechanism={mask}_{fix}", f"+mechanism={mask}")
+                for mask in MECHANISM_MASKS
+                for fix in ("min_replace", "sgd")
+            ),
+        ),
+    ),
+}
+"""Report settings per preset of conf/experiment/; a preset not listed gets the defaults of StudyReport."""
 
 
 def first_values(overrides: list[str]) -> list[str]:
@@ -74,7 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--launcher", default="local", help="hydra/launcher: local or slurm")
     parser.add_argument("--out", default=None, help="sweep directory (default multirun/<preset>-<time>)")
     parser.add_argument(
-        "--control", default="intervention=none", help="condition the others are compared with"
+        "--control",
+        default=None,
+        help="condition the others are compared with (default: the preset's, else intervention=none)",
     )
     parser.add_argument(
         "--reference",
@@ -134,13 +167,15 @@ def main(argv: list[str] | None = None) -> int:
     from analysis.report import ReportOptions, build_report
 
     parent = parent_file.read_text().strip()
+    settings = STUDY_REPORTS.get(args.preset, StudyReport())
     report = build_report(
         ReportOptions(
             out_dir=sweep_dir / "report",
             tracking_uri=uri,
             parent_run_id=parent,
-            control=args.control,
+            control=args.control or settings.control,
             min_seeds=3,
+            pairs=settings.pairs,
             reference=reference_file(args.preset, args.reference),
         )
     )

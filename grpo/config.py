@@ -13,6 +13,7 @@ from hydra.core.config_store import ConfigStore
 
 from grpo.checks import ConfigError
 from grpo.loss import KLEstimator, LossAggregation
+from grpo.optimizer import OptimizerName
 from grpo.probe import ProbeConfig
 from grpo.quadrants import EntropySplit
 from runrecord import DEFAULT_TRACKING_URI
@@ -116,17 +117,22 @@ class SamplingConfig:
 @dataclass
 class OptimConfig:
     lr: float = 1e-4
-    """AdamW learning rate (peak, after warm-up)."""
+    """Learning rate (peak, after warm-up) of the optimiser ``name``."""
     weight_decay: float = 0.0
-    """AdamW decoupled weight decay."""
+    """AdamW: decoupled weight decay; SGD: L2 penalty added to the gradient (torch's SGD)."""
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    """AdamW (beta1, beta2)."""
+    """AdamW (beta1, beta2); unused by SGD."""
     warmup_steps: int = 0
     """Linear warm-up steps (optimizer steps)."""
     schedule: str = "constant"
     """constant | linear | cosine (decay to 0 over all optimizer steps after warm-up)."""
     grad_clip: float = 1.0
     """Max global gradient norm (<= 0 disables clipping)."""
+    name: str = "adamw"
+    """adamw | sgd. SGD steps lr * g, AdamW rescales each coordinate by its gradient's running RMS: the pair
+    separates what a gradient says from how large a step the optimiser takes (grpo/optimizer.py)."""
+    momentum: float = 0.0
+    """SGD heavy-ball momentum in [0, 1) (0 = plain SGD); ignored by AdamW."""
 
 
 @dataclass
@@ -178,6 +184,12 @@ class DiagnosticsConfig:
     split: EntropySplit = field(default_factory=EntropySplit)
     """The entropy split of the per-quadrant diagnostics, unless the intervention splits tokens itself
     (``quadrant``, or a ``compose`` holding one): then its split is used, so both describe the same tokens."""
+    cancellation: bool = True
+    """Log gradient cancellation on the prefixes a group's responses share every step (``cancel/*``,
+    grpo/cancellation.py; its cost is logged as perf/cancel_time_s)."""
+    update_norm: bool = True
+    """Log train/update_norm and train/update_to_grad_ratio every step (grpo/optimizer.py); costs one copy of
+    the trainable parameters during the optimiser step."""
 
 
 @dataclass
@@ -207,7 +219,7 @@ class QuadrlConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     """How training rollouts are sampled."""
     optim: OptimConfig = field(default_factory=OptimConfig)
-    """AdamW, learning-rate schedule, gradient clipping."""
+    """Optimiser (AdamW or SGD), learning-rate schedule, gradient clipping."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """Loop length, checkpoints, logging cadence."""
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -237,6 +249,7 @@ _CHOICES = {
     "algo.loss_aggregation": LossAggregation,
     "algo.kl_estimator": KLEstimator,
     "optim.schedule": Schedule,
+    "optim.name": OptimizerName,
     "model.source": ModelSource,
     "model.base": BaseChoice,
     "model.dtype": DType,
@@ -310,6 +323,7 @@ def validate(cfg: QuadrlConfig) -> None:
     )
     _check(o.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {o.warmup_steps}")
     _check(o.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {o.weight_decay}")
+    _check(0 <= o.momentum < 1, f"optim.momentum must be in [0, 1), got {o.momentum}")
     _check(not math.isnan(o.grad_clip), "optim.grad_clip must be a number (<= 0 disables clipping), got nan")
     _check(t.steps >= 0, f"train.steps must be >= 0, got {t.steps}")
     _check(t.checkpoint_every >= 1, f"train.checkpoint_every must be >= 1, got {t.checkpoint_every}")

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from grpo.checks import ConfigError
+from grpo.loss import token_coefficients
 
 if TYPE_CHECKING:
     from grpo.quadrants import EntropySplit
@@ -63,6 +64,16 @@ class TokenFacts:
     """[B, T] float: log-probs under the reference policy, when a KL term is configured."""
     response_ids: Tensor | None = None
     """[B, T] long: the sampled tokens (padding where ``response_mask`` is false); the trainer always sets it."""
+    loss_aggregation: str = "seq_mean_token_mean"
+    """``algo.loss_aggregation`` of the loss this credit will enter (the trainer always sets it): with
+    ``max_new_tokens`` it fixes each token's coefficient c_it (:meth:`loss_coefficients`)."""
+    max_new_tokens: int | None = None
+    """Dr. GRPO's constant normaliser L (``sampling.max_new_tokens``); None means the padded width T."""
+
+    def loss_coefficients(self, loss_mask: Tensor) -> Tensor:
+        """[B, T] float64 c_it of the configured aggregation over ``loss_mask``: the loss is sum c * L_t."""
+        width = self.max_new_tokens if self.max_new_tokens is not None else loss_mask.shape[-1]
+        return token_coefficients(loss_mask, self.loss_aggregation, width)  # type: ignore[arg-type]
 
     @classmethod
     def from_rollout(
@@ -75,10 +86,12 @@ class TokenFacts:
         *,
         old_logprobs: Tensor | None = None,
         ref_logprobs: Tensor | None = None,
+        loss_aggregation: str = "seq_mean_token_mean",
+        max_new_tokens: int | None = None,
     ) -> TokenFacts:
         """The facts of a sampled batch (the trainer's and the credit probe's one recipe): each response's
         advantage broadcast over its tokens, the sampler's entropies and log-probs; ``old_logprobs`` default to
-        the behaviour log-probs (on-policy)."""
+        the behaviour log-probs (on-policy); the loss aggregation fixes the tokens' loss coefficients."""
         mask = rollout.response_mask
         return cls(
             # rewards live on the CPU, the rollout on the model's device
@@ -92,6 +105,8 @@ class TokenFacts:
             step=step,
             ref_logprobs=ref_logprobs,
             response_ids=rollout.response_ids,
+            loss_aggregation=loss_aggregation,
+            max_new_tokens=max_new_tokens,
         )
 
     @property

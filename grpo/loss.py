@@ -76,6 +76,25 @@ def aggregate(per_token: Tensor, mask: Tensor, how: LossAggregation, max_new_tok
     raise ValueError(f"unknown loss aggregation '{how}'")
 
 
+def token_coefficients(mask: Tensor, how: LossAggregation, max_new_tokens: int) -> Tensor:
+    """[B, T] c_it with ``aggregate(X, mask, how, L) == (c * X).sum()`` (up to rounding): each token's factor.
+
+    grpo c_it = m_it / (B * sum_t m_it);   dapo c_it = m_it / sum m;   dr_grpo c_it = m_it / (B * L).
+    The token's policy-gradient contribution is then c_it * w_it * A_it * grad log pi (on-policy, rho = 1):
+    the quantity gradient cancellation on shared prefixes sums (``grpo/cancellation.py``).
+    """
+    m = mask.to(torch.float64)
+    if how == "seq_mean_token_mean":
+        return m / (m.shape[0] * m.sum(-1, keepdim=True).clamp_min(1.0))
+    if how == "token_mean":
+        return m / m.sum().clamp_min(1.0)
+    if how == "seq_mean_token_sum_norm":
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1 for {how}, got {max_new_tokens}")
+        return m / (m.shape[0] * max_new_tokens)
+    raise ValueError(f"unknown loss aggregation '{how}'")
+
+
 @dataclass
 class LossTerms:
     loss: Tensor

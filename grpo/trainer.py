@@ -22,6 +22,7 @@ from torch import Tensor
 
 from grpo import checkpoint
 from grpo.advantages import group_advantages, informative_groups, overlong_penalty
+from grpo.cancellation import cancellation_metrics
 from grpo.config import QuadrlConfig, SamplingConfig
 from grpo.credit import Intervention, TokenCredit, TokenFacts
 from grpo.diagnostics import answer_diversity, logprob_change, quadrant_gradient_diagnostics
@@ -29,6 +30,7 @@ from grpo.evaluate import evaluate
 from grpo.loss import policy_loss
 from grpo.metrics import MetricsSink
 from grpo.model import Policy
+from grpo.optimizer import StepNorms, build_optimizer, optimizer_step
 from grpo.probe import credit_summary, probe_credit
 from grpo.quadrants import quadrant_stats, split_quadrants
 from grpo.rollout import Rollout, response_logprobs, sample
@@ -175,8 +177,13 @@ class Trainer:
         self.diag_split = intervention.quadrant_split() or cfg.diagnostics.split
         self.params = [p for p in policy.model.parameters() if p.requires_grad]
         o = cfg.optim
-        self.optimizer = torch.optim.AdamW(
-            self.params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay
+        self.optimizer = build_optimizer(
+            self.params,
+            o.name,
+            lr=o.lr,
+            betas=tuple(o.betas),
+            weight_decay=o.weight_decay,
+            momentum=o.momentum,
         )
         total_opt_steps = cfg.train.steps * cfg.algo.epochs * cfg.algo.minibatches
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -300,7 +307,15 @@ class Trainer:
             with torch.no_grad(), context:
                 ref = self.logprobs(batch, everything, module)
         return TokenFacts.from_rollout(
-            r, batch.rewards, batch.group_ids, seq_adv, step, old_logprobs=old, ref_logprobs=ref
+            r,
+            batch.rewards,
+            batch.group_ids,
+            seq_adv,
+            step,
+            old_logprobs=old,
+            ref_logprobs=ref,
+            loss_aggregation=a.loss_aggregation,
+            max_new_tokens=self.cfg.sampling.max_new_tokens,
         )
 
     def loss(
@@ -375,6 +390,10 @@ class Trainer:
             credit = self.intervention.credit(facts, credit, self.generators["intervention"])
         masks = split_quadrants(facts, self.diag_split)
         metrics.update(quadrant_stats(facts, credit, masks))
+        if cfg.diagnostics.cancellation:
+            t_cancel = time.perf_counter()
+            metrics.update(cancellation_metrics(facts, credit, masks))
+            metrics["perf/cancel_time_s"] = time.perf_counter() - t_cancel
         metrics.update({f"intervention/{k}": v for k, v in credit.info.items()})
         if cfg.algo.overlong_buffer > 0:
             metrics["train/overlong_penalty_mean"] = float(self.overlong(batch).mean())
@@ -400,19 +419,24 @@ class Trainer:
 
         t1 = time.perf_counter()
         terms_log: list[Any] = []
-        grad_norms: list[float] = []
+        norms: list[StepNorms] = []
         for _ in range(cfg.algo.epochs):
             for rows in self.minibatches(batch):
                 terms = self.loss(facts, credit, batch, rows)
                 self.optimizer.zero_grad(set_to_none=True)
                 terms.loss.backward()
-                clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
-                grad_norms.append(float(torch.nn.utils.clip_grad_norm_(self.params, clip)))
-                self.optimizer.step()
+                norms.append(
+                    optimizer_step(
+                        self.optimizer, self.params, cfg.optim.grad_clip, cfg.diagnostics.update_norm
+                    )
+                )
                 self.scheduler.step()
                 terms_log.append(terms)
         t_update = time.perf_counter() - t1
 
+        if cfg.diagnostics.update_norm:  # per optimiser step, averaged like grad_norm (grpo/optimizer.py)
+            metrics["train/update_norm"] = sum(x.update_norm for x in norms) / len(norms)
+            metrics["train/update_to_grad_ratio"] = sum(x.update_to_grad for x in norms) / len(norms)
         if diagnose:
             with torch.no_grad():
                 after = self.logprobs(batch, everything)
@@ -436,7 +460,7 @@ class Trainer:
                 "train/ratio_mean": sum(t.ratio_mean for t in terms_log) / n,
                 "train/entropy_mean": float((facts.entropy * mask).sum() / max(1, n_tokens)),
                 "train/response_len": n_tokens / len(batch.rewards),
-                "train/grad_norm": sum(grad_norms) / len(grad_norms),
+                "train/grad_norm": sum(x.grad_norm for x in norms) / len(norms),
                 "train/lr": float(self.scheduler.get_last_lr()[0]),
                 "train/answer_diversity": answer_diversity(answers, batch.group_ids.tolist()),
                 "perf/step_time_s": step_time,

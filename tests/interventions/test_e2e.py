@@ -59,6 +59,8 @@ def test_intervention_runs_end_to_end_with_diagnostics(tmp_path, store, sft_mode
     for q in QUADRANTS:
         for stat in ("share", "weight_mean", "grad_norm_share", "grad_cos", "logprob_change"):
             assert f"quadrant/{q}/{stat}" in metrics, (q, stat)
+    for name in ("cancel/shared_token_share", "cancel/uncancelled_ratio_plain", "train/update_norm"):
+        assert name in metrics, name
     shares = sum(metrics[f"quadrant/{q}/share"] for q in QUADRANTS)
     assert 0.0 <= shares <= 1.0 + 1e-6
     steps = {m.step for m in client.get_metric_history(rec.info.run_id, "quadrant/pos_high/grad_norm_share")}
