@@ -35,6 +35,57 @@ def study_config(preset: str, overrides: list[str]):
         return compose("config", overrides=[f"experiment={preset}", *overrides], return_hydra_config=True)
 
 
+def is_sweep(override: str) -> bool:
+    """``key=a,b`` or ``key=range(...)``-style: swept by the multirun, not one value to compose with."""
+    value = override.partition("=")[2].strip()
+    if value.startswith(("[", "{", "'", '"')):
+        return False
+    return "," in value or value.startswith(("range(", "choice(", "interval(", "glob("))
+
+
+def sweep_grid(cfg, overrides: list[str]) -> dict[str, list[str]]:
+    """The swept keys and their values: the preset's ``hydra.sweeper.params``, with a command-line override of a
+    swept key replacing its values (as Hydra does)."""
+    grid = {
+        str(k): str(v) for k, v in OmegaConf.to_container(cfg.hydra.sweeper.params, resolve=False).items()
+    }
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        if sep and key.lstrip("+") in {k.lstrip("+") for k in grid}:
+            grid = {k: (value if k.lstrip("+") == key.lstrip("+") else v) for k, v in grid.items()}
+    return {k: [v] if "(" in v else [x.strip() for x in v.split(",")] for k, v in grid.items()}
+
+
+def default_control(grid: dict[str, list[str]]) -> str | None:
+    """The first value of the first swept key other than the seed (``intervention=none``)."""
+    for key, values in grid.items():
+        if key.lstrip("+") != "seed" and values:
+            return f"{key}={values[0]}"
+    return None
+
+
+def teachers(preset: str, overrides: list[str], grid: dict[str, list[str]], base_seed: int) -> list:
+    """The built-in distillation teachers the grid's conditions train with (their SFT recipes, each once)."""
+    from experiments.base_model import teacher_recipe
+
+    swept = {k.lstrip("+") for k in grid}
+    fixed = [o for o in overrides if not is_sweep(o) and o.partition("=")[0].lstrip("+") not in swept]
+    recipes = []
+    for key, values in grid.items():
+        if key.lstrip("+") == "seed":
+            continue
+        for value in values:
+            # a Hydra sweep function (range, choice, ...) is not one value: its jobs build their teacher
+            if "(" in value:
+                continue
+            algo = study_config(preset, [*fixed, f"{key}={value}"]).algo
+            if algo.advantage == "teacher" and algo.teacher.source == "builtin":
+                recipe = teacher_recipe(base_seed, algo.teacher.min_accuracy)
+                if recipe not in recipes:
+                    recipes.append(recipe)
+    return recipes
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -43,32 +94,43 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--launcher", default="local", help="hydra/launcher: local or slurm")
     parser.add_argument("--out", default=None, help="sweep directory (default multirun/<preset>-<time>)")
     parser.add_argument(
-        "--control", default="intervention=none", help="condition the others are compared with"
+        "--control",
+        default=None,
+        help="condition the others are compared with (default: the first value of the grid's first swept "
+        "key, e.g. intervention=none)",
     )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides applied to every job")
     args = parser.parse_args(argv)
 
     sweep_dir = Path(args.out or f"multirun/{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
-    cfg = study_config(args.preset, args.overrides)
+    cfg = study_config(args.preset, [o for o in args.overrides if not is_sweep(o)])  # sweeps go to the jobs
     uri, experiment = str(cfg.tracking.uri), str(cfg.tracking.experiment)
 
     print(f"[study] 1/3 base model for task '{cfg.task.name}' (built once, then cached)", flush=True)
     from experiments.base_model import SFTRecipe, ensure_base_model
 
     task = OmegaConf.to_container(cfg.task, resolve=True)
-    started = time.perf_counter()
-    base = ensure_base_model(
-        task.pop("name"),
-        task,
-        SFTRecipe(seed=int(cfg.model.base_seed)),
-        tracking_uri=uri if cfg.tracking.enabled else None,
-        max_seconds=float(cfg.model.base_max_seconds),
-    )
-    print(f"[study]     {base} ({time.perf_counter() - started:.0f} s)", flush=True)
+    task_name = task.pop("name")
+
+    def build(recipe: SFTRecipe, what: str) -> None:
+        started = time.perf_counter()
+        path = ensure_base_model(
+            task_name,
+            task,
+            recipe,
+            tracking_uri=uri if cfg.tracking.enabled else None,
+            max_seconds=float(cfg.model.base_max_seconds),
+        )
+        print(f"[study]     {what}: {path} ({time.perf_counter() - started:.0f} s)", flush=True)
+
+    base_seed = int(cfg.model.base_seed)
+    build(SFTRecipe(seed=base_seed), "base model")
+    grid = sweep_grid(cfg, args.overrides)
+    for recipe in teachers(args.preset, args.overrides, grid, base_seed):  # before the jobs, which would wait
+        build(recipe, f"distillation teacher (>= {recipe.target_accuracy[0]:.0%} greedy test accuracy)")
     if cfg.tracking.enabled:
         ensure_experiment(uri, experiment)  # once, before the jobs fan out
 
-    grid = OmegaConf.to_container(cfg.hydra.sweeper.params, resolve=False)
     print(f"[study] 2/3 sweep {grid} on launcher '{args.launcher}' -> {sweep_dir}", flush=True)
     command = [
         sys.executable,
@@ -98,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
             out_dir=sweep_dir / "report",
             tracking_uri=uri,
             parent_run_id=parent_file.read_text().strip(),
-            control=args.control,
+            control=args.control or default_control(grid),
             min_seeds=3,
         )
     )

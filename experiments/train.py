@@ -18,14 +18,15 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 import interventions
-from experiments.base_model import METADATA_FILE, load_metadata
+from experiments.base_model import METADATA_FILE, SFTRecipe, load_metadata, teacher_recipe
 from experiments.tasks import make_task
 from experiments.tracking import Tracker, flatten, git_commit
 from grpo import checkpoint
 from grpo.checks import ConfigError
 from grpo.config import QuadrlConfig, register_configs, validate
 from grpo.credit import build_intervention
-from grpo.model import load_policy
+from grpo.facts import check_config as check_fact_requirements
+from grpo.model import load_policy, load_teacher
 from grpo.trainer import Trainer
 from runrecord import (
     CONDITION_TAG,
@@ -79,19 +80,38 @@ def resolve_run_dir(cfg: QuadrlConfig) -> Path:
         return Path.cwd()
 
 
-def model_path(cfg: QuadrlConfig, task_params: dict[str, Any]) -> Path:
-    if cfg.model.source == "local":
-        return Path(str(cfg.model.path)).expanduser()
-    from experiments.base_model import SFTRecipe, ensure_base_model
+def _builtin(cfg: QuadrlConfig, task_params: dict[str, Any], recipe: SFTRecipe) -> Path:
+    from experiments.base_model import ensure_base_model
 
     params = {k: v for k, v in task_params.items() if k != "name"}
     return ensure_base_model(
         task_params["name"],
         params,
-        SFTRecipe(seed=cfg.model.base_seed),
+        recipe,
         tracking_uri=cfg.tracking.uri if cfg.tracking.enabled else None,
         max_seconds=cfg.model.base_max_seconds,
     )
+
+
+def model_path(cfg: QuadrlConfig, task_params: dict[str, Any]) -> Path:
+    if cfg.model.source == "local":
+        return Path(str(cfg.model.path)).expanduser()
+    return _builtin(cfg, task_params, SFTRecipe(seed=cfg.model.base_seed))
+
+
+def teacher_path(cfg: QuadrlConfig, task_params: dict[str, Any]) -> Path:
+    """The distillation teacher's directory: ``algo.teacher.path``, or the built-in teacher (built once, cached)."""
+    t = cfg.algo.teacher
+    if t.source == "local":
+        return Path(str(t.path)).expanduser()
+    return _builtin(cfg, task_params, teacher_recipe(cfg.model.base_seed, t.min_accuracy))
+
+
+def _built_accuracy(tag: str, path: Path) -> dict[str, str]:
+    """{tag: greedy test accuracy} of a built-in model directory; {} for any other model."""
+    if not (path / METADATA_FILE).is_file():
+        return {}
+    return {tag: str(load_metadata(path).get("test_accuracy"))}
 
 
 def run(raw: DictConfig) -> dict[str, float]:
@@ -104,6 +124,7 @@ def run(raw: DictConfig) -> dict[str, float]:
     # (python -m experiments.train), and a by-value function brings along only the modules it references
     interventions.load_all()
     intervention = build_intervention(intervention_params)
+    check_fact_requirements(cfg, intervention)  # e.g. ARCA without LoRA: refused before any model is loaded
     first = intervention.first_active_step()
     if first >= cfg.train.steps > 0:  # a typo'd window would silently give a plain GRPO run
         raise ConfigError(
@@ -154,15 +175,21 @@ def run(raw: DictConfig) -> dict[str, float]:
     try:
         path = model_path(cfg, task_params)
         if (path / METADATA_FILE).is_file():
-            info = load_metadata(path)
             tracker.set_tags(
                 {
-                    "quadrl.base_model_version": str(info.get("version")),
-                    "quadrl.base_model_accuracy": str(info.get("test_accuracy")),
+                    "quadrl.base_model_version": str(load_metadata(path).get("version")),
+                    **_built_accuracy("quadrl.base_model_accuracy", path),
                 }
             )
         policy = load_policy(cfg.model, path, need_reference=cfg.algo.beta > 0, seed=cfg.seed)
-        trainer = Trainer(cfg, policy, task, intervention, tracker, run_dir)
+        teacher = None
+        if cfg.algo.advantage == "teacher":
+            where = teacher_path(cfg, task_params)
+            tracker.set_tags(
+                {"quadrl.teacher": str(where), **_built_accuracy("quadrl.teacher_accuracy", where)}
+            )
+            teacher = load_teacher(cfg.model, where, policy.tokenizer)
+        trainer = Trainer(cfg, policy, task, intervention, tracker, run_dir, teacher=teacher)
         if state is not None:
             trainer.load_checkpoint(state)
         final = trainer.run()

@@ -62,6 +62,18 @@ class TokenFacts:
     """[B, T] float: log-probs under the reference policy, when a KL term is configured."""
     response_ids: Tensor | None = None
     """[B, T] long: the sampled tokens (padding where ``response_mask`` is false); the trainer always sets it."""
+    extra: dict[str, Tensor] = field(default_factory=dict)
+    """Facts computed on demand (:mod:`grpo.facts`), keyed by fact name: only those a configured, active
+    intervention lists in :meth:`Intervention.facts_needed` are present. ``[B, T, ...]``, detached."""
+
+    def fact(self, key: str) -> Tensor:
+        """``extra[key]``, or an error saying that the method reading it did not ask for it."""
+        if key not in self.extra:
+            raise KeyError(
+                f"fact '{key}' was not computed for this batch (computed: {sorted(self.extra)}); "
+                "an intervention that reads it must list it in its facts_needed()"
+            )
+        return self.extra[key]
 
     @property
     def sequence_advantages(self) -> Tensor:
@@ -139,6 +151,9 @@ class Intervention:
     """Base class. Override :meth:`credit` and, if the method needs grad-carrying log-probs, :meth:`extra_loss`."""
 
     config_class: ClassVar[type[InterventionConfig]] = InterventionConfig
+    needs: ClassVar[tuple[str, ...]] = ()
+    """Extra per-token facts the method reads from ``facts.extra`` (provider names of :mod:`grpo.facts`): the
+    core computes each once per batch, only at steps where the method is active. None by default: no cost."""
 
     def __init__(self, config: InterventionConfig):
         self.config = config
@@ -150,6 +165,20 @@ class Intervention:
     def credit(self, facts: TokenFacts, credit: TokenCredit, generator: torch.Generator) -> TokenCredit:
         """Return the credit to use for this batch. ``generator`` is the only randomness allowed (resumable)."""
         return credit
+
+    def facts_needed(self, step: int | None = None) -> tuple[str, ...]:
+        """The fact keys to compute for ``step`` (none outside the step window); ``step=None``: every fact the
+        method may ever ask for (what the requirement checks look at). Override when config decides them."""
+        return () if step is not None and not self.active(step) else self.needs
+
+    def requirements(self) -> list[tuple[str, tuple[str, ...]]]:
+        """(method name, the facts it needs) for this method -- and, in ``compose``, for each step -- so that a
+        missing requirement is refused naming the method that has it."""
+        return [(self.config.name, self.facts_needed())]
+
+    def check_model(self, model: torch.nn.Module) -> None:
+        """Refuse (:class:`ConfigError`) a model the method cannot work with, before any rollout (e.g. a hidden
+        layer index the model does not have). Called once, when the trainer is built."""
 
     def first_active_step(self) -> int:
         """The first training step at which the method can act (the start of its step window)."""

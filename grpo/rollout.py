@@ -17,6 +17,7 @@ import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -225,23 +226,31 @@ def response_logprobs(
     temperature: float = 1.0,
     chunk_size: int = 4096,
     with_entropy: bool = False,
+    capture: dict[str, Any] | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """[B, T] log pi(o_t|s_t) of the given responses (with grad if enabled; 0 on padding), and optionally the
     entropy of softmax(logits / temperature) at each response position (detached).
 
     The head runs on at most ``chunk_size`` response tokens at a time, gathered over the whole batch.
+    ``capture``: backbone outputs to keep from the same forward, e.g. ``{"hidden_states": None}``; each key
+    ``k`` asks the backbone for ``output_k=True`` and receives its value (over prompt + response positions).
     """
     input_ids = torch.cat([prompt_ids, response_ids], dim=1)
     mask = torch.cat([prompt_mask, response_mask], dim=1)
     n_prompt = prompt_ids.shape[1]
+    asks = {f"output_{key}": True for key in capture or {}}
     split = _backbone_and_head(model)
     if split is None:  # no exact split into backbone + head: fall back to the model's full logits
-        logits = model(input_ids=input_ids, attention_mask=mask.long(), position_ids=positions(mask)).logits
-        hidden, head = logits[:, n_prompt - 1 : -1], torch.nn.Identity()
+        states = model(input_ids=input_ids, attention_mask=mask.long(), position_ids=positions(mask), **asks)
+        hidden, head = states.logits[:, n_prompt - 1 : -1], torch.nn.Identity()
     else:
         decoder, head = split
-        states = decoder(input_ids=input_ids, attention_mask=mask.long(), position_ids=positions(mask))
+        states = decoder(
+            input_ids=input_ids, attention_mask=mask.long(), position_ids=positions(mask), **asks
+        )
         hidden = states.last_hidden_state[:, n_prompt - 1 : -1]
+    for key in capture or {}:
+        capture[key] = getattr(states, key)
 
     # the state before response token t sits at hidden[:, t]; keep only real tokens, flattened over the batch
     rows, cols = response_mask.nonzero(as_tuple=True)

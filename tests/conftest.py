@@ -118,9 +118,10 @@ def sft_model_dir(tmp_path_factory, math_jsonl) -> Path:
     return out
 
 
-def make_trainer(tmp_path: Path, model_dir: Path, jsonl: Path, *overrides: str, reward=None):
+def make_trainer(tmp_path: Path, model_dir: Path, jsonl: Path, *overrides: str, reward=None, teacher=None):
     """A Trainer on a local model and the JSONL sums (4 prompts x 4 samples, 4 new tokens unless overridden),
-    without tracking; ``reward(example, completion)`` replaces the task's verifier when given."""
+    without tracking; ``reward(example, completion)`` replaces the task's verifier when given; ``teacher`` is the
+    distillation teacher (a model directory, loaded like the policy) for ``algo=opd``."""
     from omegaconf import OmegaConf
 
     import interventions  # noqa: F401  (registers every method)
@@ -148,4 +149,9 @@ def make_trainer(tmp_path: Path, model_dir: Path, jsonl: Path, *overrides: str, 
         task.reward = reward
     policy = load_policy(cfg.model, model_dir, need_reference=cfg.algo.beta > 0, seed=cfg.seed)
     intervention = build_intervention(OmegaConf.to_container(raw.intervention))
-    return Trainer(cfg, policy, task, intervention, NullSink(), tmp_path)
+    teacher_model = None
+    if teacher is not None:
+        from grpo.model import load_teacher
+
+        teacher_model = load_teacher(cfg.model, teacher, policy.tokenizer)
+    return Trainer(cfg, policy, task, intervention, NullSink(), tmp_path, teacher=teacher_model)
