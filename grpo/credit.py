@@ -14,6 +14,10 @@ aggregated over the tokens where ``loss_mask`` is true (the KL part over all res
 freezes a token's policy-gradient term but -- unless an intervention also clears ``loss_mask`` -- the token
 still counts in the normaliser, so freezing one group of tokens does not rescale the others.
 
+A method that needs per-token facts beyond these (hidden states with a LoRA adapter on and off, attention
+entropies, a teacher's log-probs) lists them in ``needs`` (or ``facts_needed``); the core computes them on
+demand, once per batch, into ``TokenFacts.extra`` (:mod:`grpo.facts`), and refuses a run that cannot supply them.
+
 A new method is one file in ``interventions/`` that subclasses :class:`Intervention`, declares a config
 dataclass, and decorates itself with :func:`register`; plus one YAML in ``conf/intervention/``. The registry lives
 here, in the core (as verl's ``register_policy_loss``); methods register into it when ``interventions`` is imported.

@@ -177,7 +177,7 @@ class FactSource:
         self,
         model: torch.nn.Module,
         prompt: tuple[Tensor, Tensor] | None = None,
-        captures: set[str] = frozenset(),  # type: ignore[assignment]
+        captures: frozenset[str] | set[str] = frozenset(),
         context: Any = None,
     ) -> Pass:
         r = self.rollout

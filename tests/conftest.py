@@ -61,11 +61,9 @@ def compose_config(*overrides: str):
         return compose("config", overrides=list(overrides))
 
 
-@pytest.fixture(scope="session")
-def math_jsonl(tmp_path_factory) -> Path:
+def write_sums_jsonl(path: Path) -> Path:
     """Single-digit sums as a math dataset; the 'solution' is the bare answer (no \\boxed: the built-in char
     alphabet has no braces), which math_file's verifier reads as the last number."""
-    path = tmp_path_factory.mktemp("data") / "sums.jsonl"
     rows = [
         {"problem": f"{a}+{b}=", "answer": str(a + b), "solution": str(a + b)}
         for a in range(10)
@@ -73,6 +71,12 @@ def math_jsonl(tmp_path_factory) -> Path:
     ]
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     return path
+
+
+@pytest.fixture(scope="session")
+def math_jsonl(tmp_path_factory) -> Path:
+    """:func:`write_sums_jsonl` in a session temp dir."""
+    return write_sums_jsonl(tmp_path_factory.mktemp("data") / "sums.jsonl")
 
 
 def math_task(path: Path) -> list[str]:

@@ -68,7 +68,9 @@ def test_opd_with_iw_opd_runs_end_to_end_and_logs_rewards(
     assert metrics["train/teacher_kl"] > 0  # an untrained student is far from an SFT teacher
 
 
-def test_distillation_moves_the_student_toward_the_teacher(tmp_path, tiny_model_dir, sft_model_dir, math_jsonl):
+def test_distillation_moves_the_student_toward_the_teacher(
+    tmp_path, tiny_model_dir, sft_model_dir, math_jsonl
+):
     trainer = make_trainer(
         tmp_path, tiny_model_dir, math_jsonl, "algo=opd", "algo.teacher.source=local",
         f"algo.teacher.path={sft_model_dir}", "optim.lr=1e-2", "algo.prompts_per_step=8",
