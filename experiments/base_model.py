@@ -170,6 +170,14 @@ class SFTRecipe:
         )
 
 
+def teacher_recipe(seed: int = 0, min_accuracy: float = 0.9) -> SFTRecipe:
+    """The built-in distillation teacher: the base model's recipe (architecture, seed, data order, optimiser) with
+    the band [min_accuracy, 1], i.e. the base model's own SFT run continued until its greedy test accuracy
+    reaches ``min_accuracy``. Keyed and cached like a base model (``quadrl-pretrain --low 0.9 --high 1 --cache``
+    builds the same directory)."""
+    return SFTRecipe(seed=seed, target_accuracy=(min_accuracy, 1.0))
+
+
 def recipe_from(values: Mapping[str, Any]) -> SFTRecipe:
     """An :class:`SFTRecipe` from plain values (``architecture`` may be a mapping of its fields)."""
     values = dict(values)

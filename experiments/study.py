@@ -50,6 +50,7 @@ class StudyReport:
 MECHANISM_MASKS = ("only_pos_low", "only_neg_low", "only_neg_high")
 STUDY_REPORTS = {
     "quadrant_study": StudyReport(),
+    "credit_methods": StudyReport(control="+credit_method=baseline"),
     "quadrant_mechanisms": StudyReport(
         control="+mechanism=baseline",
         pairs=(
@@ -97,6 +98,46 @@ def reference_file(preset: str, given: str | None) -> Path | None:
     return shipped if shipped.is_file() else None
 
 
+def is_sweep(override: str) -> bool:
+    """``key=a,b``, ``key=range(...)``: swept by the multirun, not one value to compose with (Hydra's parser)."""
+    return OverridesParser.create().parse_overrides([override])[0].is_sweep_override()
+
+
+def sweep_grid(cfg, overrides: list[str]) -> dict[str, list[str]]:
+    """The swept keys and their values: the preset's ``hydra.sweeper.params``, with a command-line override of a
+    swept key replacing its values (as Hydra does)."""
+    grid = {
+        str(k): str(v) for k, v in OmegaConf.to_container(cfg.hydra.sweeper.params, resolve=False).items()
+    }
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        if sep and key.lstrip("+") in {k.lstrip("+") for k in grid}:
+            grid = {k: (value if k.lstrip("+") == key.lstrip("+") else v) for k, v in grid.items()}
+    return {k: [v] if "(" in v else [x.strip() for x in v.split(",")] for k, v in grid.items()}
+
+
+def teachers(preset: str, overrides: list[str], grid: dict[str, list[str]], base_seed: int) -> list:
+    """The built-in distillation teachers the grid's conditions train with (their SFT recipes, each once)."""
+    from experiments.base_model import teacher_recipe
+
+    swept = {k.lstrip("+") for k in grid}
+    fixed = [o for o in overrides if not is_sweep(o) and o.partition("=")[0].lstrip("+") not in swept]
+    recipes = []
+    for key, values in grid.items():
+        if key.lstrip("+") == "seed":
+            continue
+        for value in values:
+            # a Hydra sweep function (range, choice, ...) is not one value: its jobs build their teacher
+            if "(" in value:
+                continue
+            algo = study_config(preset, [*fixed, f"{key}={value}"]).algo
+            if algo.advantage == "teacher" and algo.teacher.source == "builtin":
+                recipe = teacher_recipe(base_seed, algo.teacher.min_accuracy)
+                if recipe not in recipes:
+                    recipes.append(recipe)
+    return recipes
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -134,14 +175,30 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"[study] 1/3 base model for task '{cfg.task.name}' (shipped, or built once and cached)", flush=True
     )
+    from experiments.base_model import ensure_base_model
     from experiments.train import base_model
 
     started = time.perf_counter()
-    base = base_model(OmegaConf.to_object(plain), OmegaConf.to_container(cfg.task, resolve=True))
+    task = OmegaConf.to_container(cfg.task, resolve=True)
+    base = base_model(OmegaConf.to_object(plain), task)
     print(f"[study]     {base.tag}: {base.path} ({time.perf_counter() - started:.0f} s)", flush=True)
+    grid = sweep_grid(cfg, args.overrides)
+    for recipe in teachers(args.preset, args.overrides, grid, int(cfg.model.base_seed)):
+        started = time.perf_counter()  # built before the jobs, which would otherwise wait on one another
+        path = ensure_base_model(
+            str(cfg.task.name),
+            {k: v for k, v in task.items() if k != "name"},
+            recipe,
+            tracking_uri=uri if cfg.tracking.enabled else None,
+            max_seconds=float(cfg.model.base_max_seconds),
+        )
+        print(
+            f"[study]     distillation teacher (>= {recipe.target_accuracy[0]:.0%} greedy test accuracy): "
+            f"{path} ({time.perf_counter() - started:.0f} s)",
+            flush=True,
+        )
     experiment_id = ensure_experiment(uri, experiment) if cfg.tracking.enabled else ""  # once, before fan-out
 
-    grid = OmegaConf.to_container(cfg.hydra.sweeper.params, resolve=False)
     print(f"[study] 2/3 sweep {grid} on launcher '{args.launcher}' -> {sweep_dir}", flush=True)
     command = [
         sys.executable,

@@ -22,7 +22,14 @@ from omegaconf import DictConfig, OmegaConf
 
 import interventions
 from experiments import CONF_DIR
-from experiments.base_model import METADATA_FILE, ResolvedBase, SFTRecipe, load_metadata, resolve_base_model
+from experiments.base_model import (
+    METADATA_FILE,
+    ResolvedBase,
+    SFTRecipe,
+    load_metadata,
+    resolve_base_model,
+    teacher_recipe,
+)
 from experiments.sweep import parent_run_id, read_swept_keys, sweep_condition
 from experiments.tasks import Task, make_task
 from experiments.tracking import Tracker, flatten, git_commit, provenance
@@ -31,7 +38,8 @@ from grpo.checks import ConfigError
 from grpo.config import QuadrlConfig, register_configs, validate
 from grpo.credit import Intervention, build_intervention
 from grpo.decode import fast_path_blocker
-from grpo.model import load_policy, resolve_device
+from grpo.facts import check_config as check_fact_requirements
+from grpo.model import load_policy, load_teacher, resolve_device
 from grpo.trainer import Trainer
 from runrecord import (
     BASE_MODEL_TAG,
@@ -91,20 +99,40 @@ def resolve_run_dir(cfg: QuadrlConfig) -> Path:
         return Path.cwd()
 
 
+def _builtin(cfg: QuadrlConfig, task_params: dict[str, Any], recipe: SFTRecipe, base: str) -> ResolvedBase:
+    params = {k: v for k, v in task_params.items() if k != "name"}
+    return resolve_base_model(
+        task_params["name"],
+        params,
+        recipe,
+        base=base,
+        tracking_uri=cfg.tracking.uri if cfg.tracking.enabled else None,
+        max_seconds=cfg.model.base_max_seconds,
+    )
+
+
 def base_model(cfg: QuadrlConfig, task_params: dict[str, Any]) -> ResolvedBase:
     """The model the run starts from: a local directory, or the built-in base model (shipped or built)."""
     if cfg.model.source == "local":
         path = Path(str(cfg.model.path)).expanduser()
         return ResolvedBase(path, f"local:{path}")
-    params = {k: v for k, v in task_params.items() if k != "name"}
-    return resolve_base_model(
-        task_params["name"],
-        params,
-        SFTRecipe(seed=cfg.model.base_seed),
-        base=cfg.model.base,
-        tracking_uri=cfg.tracking.uri if cfg.tracking.enabled else None,
-        max_seconds=cfg.model.base_max_seconds,
-    )
+    return _builtin(cfg, task_params, SFTRecipe(seed=cfg.model.base_seed), cfg.model.base)
+
+
+def teacher_path(cfg: QuadrlConfig, task_params: dict[str, Any]) -> Path:
+    """The distillation teacher's directory: ``algo.teacher.path``, or the built-in teacher (the base model's SFT
+    run continued to ``algo.teacher.min_accuracy``; not shipped: built once, then cached)."""
+    t = cfg.algo.teacher
+    if t.source == "local":
+        return Path(str(t.path)).expanduser()
+    return _builtin(cfg, task_params, teacher_recipe(cfg.model.base_seed, t.min_accuracy), "build").path
+
+
+def _built_accuracy(tag: str, path: Path) -> dict[str, str]:
+    """{tag: greedy test accuracy} of a built-in model directory; {} for any other model."""
+    if not (path / METADATA_FILE).is_file():
+        return {}
+    return {tag: str(load_metadata(path).get("test_accuracy"))}
 
 
 @dataclass
@@ -129,6 +157,7 @@ def check(raw: DictConfig) -> Checked:
     # (python -m experiments.train), and a by-value function brings along only the modules it references
     interventions.load_all()
     intervention = build_intervention(intervention_params)
+    check_fact_requirements(cfg, intervention)  # e.g. ARCA without LoRA: refused before any model is loaded
     first = intervention.first_active_step()
     if first >= cfg.train.steps > 0:  # a typo'd window would silently give a plain GRPO run
         raise ConfigError(
@@ -213,17 +242,23 @@ def run(raw: DictConfig) -> dict[str, float]:
         path = base.path
         tracker.set_tags({BASE_MODEL_TAG: base.tag})
         if (path / METADATA_FILE).is_file():
-            info = load_metadata(path)
             tracker.set_tags(
                 {
-                    "quadrl.base_model_version": str(info.get("version")),
-                    "quadrl.base_model_accuracy": str(info.get("test_accuracy")),
+                    "quadrl.base_model_version": str(load_metadata(path).get("version")),
+                    **_built_accuracy("quadrl.base_model_accuracy", path),
                 }
             )
         policy = load_policy(cfg.model, path, need_reference=cfg.algo.beta > 0, seed=cfg.seed)
         blocker = fast_path_blocker(policy.model)  # which decoder the sampler takes (grpo/decode.py)
         tracker.set_tags({"quadrl.sampler": "fast" if blocker is None else f"generic: {blocker}"})
-        trainer = Trainer(cfg, policy, task, intervention, tracker, run_dir)
+        teacher = None
+        if cfg.algo.advantage == "teacher":
+            where = teacher_path(cfg, task_params)
+            tracker.set_tags(
+                {"quadrl.teacher": str(where), **_built_accuracy("quadrl.teacher_accuracy", where)}
+            )
+            teacher = load_teacher(cfg.model, where, policy.tokenizer)
+        trainer = Trainer(cfg, policy, task, intervention, tracker, run_dir, teacher=teacher)
         if state is not None:
             trainer.load_checkpoint(state)
         setup = {"perf/setup_s": time.perf_counter() - entered}  # MLflow run, base model, policy load

@@ -51,3 +51,17 @@ def overlong_penalty(lengths: Tensor, max_new_tokens: int, buffer: int, factor: 
         return torch.zeros(lengths.shape, dtype=torch.float32, device=lengths.device)
     over = (lengths.float() - (max_new_tokens - buffer)).clamp_min(0.0)
     return -factor * over / buffer
+
+
+def distillation_advantages(
+    teacher_logprobs: Tensor, student_logprobs: Tensor, response_mask: Tensor
+) -> Tensor:
+    """On-policy distillation (``algo.advantage=teacher``): the per-token advantage of response token y_t::
+
+        a_t = log pi_T(y_t | y_<t) - log pi_old(y_t | y_<t)          (0 on padding)
+
+    minus the sampled-token estimate of the reverse KL(pi_old || pi_T) at step t: tokens the teacher finds likelier
+    than the student are pushed up, the others down, with no reward (arXiv 2606.22600, after the GKD / on-policy
+    distillation line). Both log-probs are those of the same no-grad forward numerics (grpo.facts), so a teacher
+    equal to the student gives exactly 0."""
+    return (teacher_logprobs - student_logprobs) * response_mask.to(teacher_logprobs.dtype)

@@ -23,6 +23,8 @@ ModelSource = Literal["builtin", "local"]
 BaseChoice = Literal["shipped", "build"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 ChatTemplate = Literal["auto", "never"]
+AdvantageSource = Literal["reward", "teacher"]
+TeacherSource = Literal["builtin", "local"]
 
 
 @dataclass
@@ -66,6 +68,21 @@ class ModelConfig:
 
 
 @dataclass
+class TeacherConfig:
+    """The teacher of on-policy distillation (``algo.advantage=teacher``, preset ``algo=opd``)."""
+
+    source: str = "builtin"
+    """'builtin': the built-in teacher for the task -- the base model's architecture, seed and SFT recipe trained
+    further, until its greedy test accuracy reaches ``min_accuracy`` (built once, cached like the base model);
+    'local': a Hugging Face directory (``path``) whose tokenizer must be the policy's."""
+    path: str | None = None
+    """Local teacher directory (source=local); never downloaded."""
+    min_accuracy: float = 0.9
+    """source=builtin: greedy test accuracy the built-in teacher's SFT runs until (its band is [min_accuracy, 1]);
+    in (0, 1)."""
+
+
+@dataclass
 class AlgoConfig:
     name: str = "grpo"
     """Preset name, for the record: grpo | dapo | dr_grpo."""
@@ -101,6 +118,12 @@ class AlgoConfig:
     advantages only: logged rewards, accuracy and the rewards interventions see stay the task's."""
     overlong_penalty: float = 1.0
     """Size of the overlong penalty at max_new_tokens (DAPO: 1)."""
+    advantage: str = "reward"
+    """'reward': group advantages of the task's verifiable rewards (GRPO, DAPO, Dr. GRPO); 'teacher': on-policy
+    distillation, a_t = log pi_T(y_t|y_<t) - log pi_old(y_t|y_<t) per token (grpo/advantages.py), through the
+    same surrogate and credit path; the verifier still scores every sample (logged, not trained on)."""
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    """The teacher model (advantage=teacher only)."""
 
 
 @dataclass
@@ -254,6 +277,8 @@ _CHOICES = {
     "model.base": BaseChoice,
     "model.dtype": DType,
     "model.chat_template": ChatTemplate,
+    "algo.advantage": AdvantageSource,
+    "algo.teacher.source": TeacherSource,
 }
 """Keys whose value must be one of a Literal type's values (the types the code that uses them declares)."""
 
@@ -277,6 +302,34 @@ def _check_device(device: str) -> None:
         _check(torch.backends.mps.is_available(), "model.device='mps' but MPS is not available here")
 
 
+def _check_model_dir(key: str, path: str | None, hint: str) -> None:
+    _check(path is not None, f"{key} is required: {hint}")
+    where = Path(str(path)).expanduser()
+    _check(where.is_dir(), f"{key}={path!r}: no such directory (models are never downloaded)")
+    _check((where / "config.json").is_file(), f"{key}={path!r} has no config.json: not a model dir")
+
+
+def _validate_distillation(a: AlgoConfig) -> None:
+    """On-policy distillation trains on the teacher's log-probs: reward shaping has nothing to act on there."""
+    _check(
+        not a.dynamic_sampling,
+        "algo.dynamic_sampling filters groups by reward variance; it has no meaning with algo.advantage=teacher",
+    )
+    _check(
+        a.overlong_buffer == 0,
+        "algo.overlong_buffer shapes reward advantages; it has no meaning with algo.advantage=teacher",
+    )
+    t = a.teacher
+    _check(
+        0 < t.min_accuracy < 1,
+        f"algo.teacher.min_accuracy must be in (0, 1), got {t.min_accuracy}",
+    )
+    if t.source == "local":
+        _check_model_dir(
+            "algo.teacher.path", t.path, "algo.teacher.source=local needs a local Hugging Face directory"
+        )
+
+
 def validate(cfg: QuadrlConfig) -> None:
     """Refuse out-of-range values with a message naming the key. Cheap: no model, no data."""
     for key, kind in _CHOICES.items():
@@ -286,9 +339,10 @@ def validate(cfg: QuadrlConfig) -> None:
         choices = get_args(kind)
         _check(value in choices, f"{key}={value!r} is not one of {list(choices)}")
     a, s, o, t, e = cfg.algo, cfg.sampling, cfg.optim, cfg.train, cfg.eval
+    why = " (group advantages need 2 samples)" if a.advantage == "reward" else ""  # distillation needs 1
     _check(
-        a.group_size >= 2,
-        f"algo.group_size must be >= 2 (group advantages need 2 samples), got {a.group_size}",
+        a.group_size >= (2 if why else 1),
+        f"algo.group_size must be >= {2 if why else 1}{why}, got {a.group_size}",
     )
     _check(a.prompts_per_step >= 1, f"algo.prompts_per_step must be >= 1, got {a.prompts_per_step}")
     _check(0 <= a.eps_low < 1, f"algo.eps_low must be in [0, 1), got {a.eps_low}")
@@ -342,6 +396,8 @@ def validate(cfg: QuadrlConfig) -> None:
         all(1 <= k <= e.n_samples for k in e.pass_k) or e.n_samples == 0,
         f"eval.pass_k values must be in [1, eval.n_samples={e.n_samples}], got {list(e.pass_k)}",
     )
+    if a.advantage == "teacher":
+        _validate_distillation(a)
     _check(cfg.diagnostics.every >= 0, f"diagnostics.every must be >= 0, got {cfg.diagnostics.every}")
     cfg.diagnostics.split.validate("diagnostics")
     lora = cfg.model.lora
@@ -356,14 +412,6 @@ def validate(cfg: QuadrlConfig) -> None:
     _check_device(cfg.model.device)
     cfg.probe.validate()
     if cfg.model.source == "local":
-        _check(
-            cfg.model.path is not None, "model.source=local needs model.path=<a local Hugging Face directory>"
-        )
-        path = Path(str(cfg.model.path)).expanduser()
-        _check(
-            path.is_dir(), f"model.path={cfg.model.path!r}: no such directory (models are never downloaded)"
-        )
-        _check(
-            (path / "config.json").is_file(),
-            f"model.path={cfg.model.path!r} has no config.json: not a model dir",
+        _check_model_dir(
+            "model.path", cfg.model.path, "model.source=local needs a local Hugging Face directory"
         )

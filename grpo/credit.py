@@ -14,6 +14,10 @@ aggregated over the tokens where ``loss_mask`` is true (the KL part over all res
 freezes a token's policy-gradient term but -- unless an intervention also clears ``loss_mask`` -- the token
 still counts in the normaliser, so freezing one group of tokens does not rescale the others.
 
+A method that needs per-token facts beyond these (hidden states with a LoRA adapter on and off, attention
+entropies, a teacher's log-probs) lists them in ``needs`` (or ``facts_needed``); the core computes them on
+demand, once per batch, into ``TokenFacts.extra`` (:mod:`grpo.facts`), and refuses a run that cannot supply them.
+
 A new method is one file in ``interventions/`` that subclasses :class:`Intervention`, declares a config
 dataclass, and decorates itself with :func:`register`; plus one YAML in ``conf/intervention/``. The registry lives
 here, in the core (as verl's ``register_policy_loss``); methods register into it when ``interventions`` is imported.
@@ -69,6 +73,9 @@ class TokenFacts:
     ``max_new_tokens`` it fixes each token's coefficient c_it (:meth:`loss_coefficients`)."""
     max_new_tokens: int | None = None
     """Dr. GRPO's constant normaliser L (``sampling.max_new_tokens``); None means the padded width T."""
+    extra: dict[str, Tensor] = field(default_factory=dict)
+    """Facts computed on demand (:mod:`grpo.facts`), keyed by fact name: only those a configured, active
+    intervention lists in :meth:`Intervention.facts_needed` are present. ``[B, T, ...]``, detached."""
 
     def loss_coefficients(self, loss_mask: Tensor) -> Tensor:
         """[B, T] float64 c_it of the configured aggregation over ``loss_mask``: the loss is sum c * L_t."""
@@ -81,21 +88,23 @@ class TokenFacts:
         rollout: Rollout,
         rewards: Tensor,
         group_ids: Tensor,
-        sequence_advantages: Tensor,
+        advantages: Tensor,
         step: int,
         *,
         old_logprobs: Tensor | None = None,
         ref_logprobs: Tensor | None = None,
         loss_aggregation: str = "seq_mean_token_mean",
         max_new_tokens: int | None = None,
+        extra: dict[str, Tensor] | None = None,
     ) -> TokenFacts:
-        """The facts of a sampled batch (the trainer's and the credit probe's one recipe): each response's
-        advantage broadcast over its tokens, the sampler's entropies and log-probs; ``old_logprobs`` default to
-        the behaviour log-probs (on-policy); the loss aggregation fixes the tokens' loss coefficients."""
+        """The facts of a sampled batch (the trainer's and the credit probe's one recipe): ``advantages`` [B]
+        (one per response, broadcast over its tokens) or [B, T] (per token: distillation), the sampler's
+        entropies and log-probs; ``old_logprobs`` default to the behaviour log-probs (on-policy); the loss
+        aggregation fixes the tokens' loss coefficients; ``extra``: the facts computed on demand."""
         mask = rollout.response_mask
+        advantages = advantages.to(mask.device)  # rewards live on the CPU, the rollout on the model's device
         return cls(
-            # rewards live on the CPU, the rollout on the model's device
-            advantages=sequence_advantages.to(mask.device)[:, None] * mask,
+            advantages=(advantages[:, None] if advantages.dim() == 1 else advantages) * mask,
             entropy=rollout.entropy,
             behaviour_logprobs=rollout.logprobs,
             old_logprobs=rollout.logprobs if old_logprobs is None else old_logprobs,
@@ -107,7 +116,17 @@ class TokenFacts:
             response_ids=rollout.response_ids,
             loss_aggregation=loss_aggregation,
             max_new_tokens=max_new_tokens,
+            extra=extra or {},
         )
+
+    def fact(self, key: str) -> Tensor:
+        """``extra[key]``, or an error saying that the method reading it did not ask for it."""
+        if key not in self.extra:
+            raise KeyError(
+                f"fact '{key}' was not computed for this batch (computed: {sorted(self.extra)}); "
+                "an intervention that reads it must list it in its facts_needed()"
+            )
+        return self.extra[key]
 
     @property
     def sequence_advantages(self) -> Tensor:
@@ -185,6 +204,9 @@ class Intervention:
     """Base class. Override :meth:`credit` and, if the method needs grad-carrying log-probs, :meth:`extra_loss`."""
 
     config_class: ClassVar[type[InterventionConfig]] = InterventionConfig
+    needs: ClassVar[tuple[str, ...]] = ()
+    """Extra per-token facts the method reads from ``facts.extra`` (provider names of :mod:`grpo.facts`): the
+    core computes each once per batch, only at steps where the method is active. None by default: no cost."""
 
     def __init__(self, config: InterventionConfig):
         self.config = config
@@ -196,6 +218,20 @@ class Intervention:
     def credit(self, facts: TokenFacts, credit: TokenCredit, generator: torch.Generator) -> TokenCredit:
         """Return the credit to use for this batch. ``generator`` is the only randomness allowed (resumable)."""
         return credit
+
+    def facts_needed(self, step: int | None = None) -> tuple[str, ...]:
+        """The fact keys to compute for ``step`` (none outside the step window); ``step=None``: every fact the
+        method may ever ask for (what the requirement checks look at). Override when config decides them."""
+        return () if step is not None and not self.active(step) else self.needs
+
+    def requirements(self) -> list[tuple[str, tuple[str, ...]]]:
+        """(method name, the facts it needs) for this method -- and, in ``compose``, for each step -- so that a
+        missing requirement is refused naming the method that has it."""
+        return [(self.config.name, self.facts_needed())]
+
+    def check_model(self, model: torch.nn.Module) -> None:
+        """Refuse (:class:`ConfigError`) a model the method cannot work with, before any rollout (e.g. a hidden
+        layer index the model does not have). Called once, when the trainer is built."""
 
     def first_active_step(self) -> int:
         """The first training step at which the method can act (the start of its step window)."""

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
+from grpo.checks import ConfigError
 from grpo.config import ModelConfig
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -127,3 +128,19 @@ def load_policy(cfg: ModelConfig, path: Path, *, need_reference: bool, seed: int
         reference = copy.deepcopy(model).eval().requires_grad_(False)
     use_chat = cfg.chat_template == "auto" and getattr(tokenizer, "chat_template", None) is not None
     return Policy(model, tokenizer, Path(path), cfg.lora.enabled, use_chat, reference)
+
+
+def load_teacher(cfg: ModelConfig, path: Path, tokenizer: PreTrainedTokenizerBase) -> torch.nn.Module:
+    """A frozen teacher for on-policy distillation, on the policy's device and dtype. It scores the student's token
+    ids, so its tokenizer must be the policy's (same vocabulary, same ids): refused by name otherwise."""
+    teacher_tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    if teacher_tokenizer.get_vocab() != tokenizer.get_vocab():
+        raise ConfigError(
+            f"teacher {path}: its tokenizer's vocabulary differs from the policy's; on-policy distillation "
+            "scores the student's token ids under the teacher, so both must share one tokenizer"
+        )
+    device = resolve_device(cfg.device)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(path), dtype=resolve_dtype(cfg.dtype, device), local_files_only=True
+    )
+    return model.to(device).eval().requires_grad_(False)

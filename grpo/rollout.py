@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -246,6 +247,7 @@ def response_logprobs(
     chunk_size: int = 4096,
     with_entropy: bool = False,
     buckets: int = 1,
+    capture: dict[str, Any] | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """[B, T] log pi(o_t|s_t) of the given responses (with grad if enabled; 0 on padding), and optionally the
     entropy of softmax(logits / temperature) at each response position (detached).
@@ -254,6 +256,9 @@ def response_logprobs(
     ``buckets`` > 1: the rows are sorted by response length and run as that many forwards, each cut to its own
     longest prompt and response, so that short responses do not pay for the longest one's padding (the same
     numbers up to float rounding; the gradient flows through all of them).
+    ``capture``: backbone outputs to keep from the same forward, e.g. ``{"hidden_states": None}``; each key
+    ``k`` asks the backbone for ``output_k=True`` and receives its value over all prompt + response positions
+    (then the batch runs as one uncut forward, so that positions mean the same in every row).
     """
     args = (
         model,
@@ -265,8 +270,8 @@ def response_logprobs(
         chunk_size,
         with_entropy,
     )
-    if buckets <= 1 or response_ids.shape[0] < 2 * buckets:
-        return _response_logprobs(*args)
+    if capture is not None or buckets <= 1 or response_ids.shape[0] < 2 * buckets:
+        return _response_logprobs(*args, capture=capture)
     order = torch.argsort(
         response_mask.sum(-1) * (prompt_ids.shape[1] + 1) + prompt_mask.sum(-1), stable=True
     )
@@ -288,28 +293,36 @@ def _response_logprobs(
     temperature: float,
     chunk_size: int,
     with_entropy: bool,
+    capture: dict[str, Any] | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """:func:`response_logprobs` in one forward."""
     shape = response_ids.shape
     # columns no row uses (the prompts' common left padding, the responses' common right padding: a subset of a
-    # batch's rows often has some) change nothing but cost compute
-    used = torch.nonzero(prompt_mask.any(0))
-    first = min(int(used[0]), prompt_ids.shape[1] - 1) if len(used) else prompt_ids.shape[1] - 1
-    used = torch.nonzero(response_mask.any(0))
-    last = int(used[-1]) + 1 if len(used) else 0
+    # batch's rows often has some) change nothing but cost compute; captured outputs keep every position
+    first, last = 0, shape[1]
+    if capture is None:
+        used = torch.nonzero(prompt_mask.any(0))
+        first = min(int(used[0]), prompt_ids.shape[1] - 1) if len(used) else prompt_ids.shape[1] - 1
+        used = torch.nonzero(response_mask.any(0))
+        last = int(used[-1]) + 1 if len(used) else 0
     prompt_ids, prompt_mask = prompt_ids[:, first:], prompt_mask[:, first:]
     response_ids = response_ids[:, :last]
     input_ids = torch.cat([prompt_ids, response_ids], dim=1)
     mask = torch.cat([prompt_mask, response_mask[:, :last]], dim=1)
     n_prompt = prompt_ids.shape[1]
+    asks = {f"output_{key}": True for key in capture or {}}
     split = _backbone_and_head(model)
     if split is None:  # no exact split into backbone + head: fall back to the model's full logits
-        logits = model(input_ids=input_ids, attention_mask=mask.long(), position_ids=positions(mask)).logits
-        hidden, head = logits[:, n_prompt - 1 : -1], torch.nn.Identity()
+        states = model(input_ids=input_ids, attention_mask=mask.long(), position_ids=positions(mask), **asks)
+        hidden, head = states.logits[:, n_prompt - 1 : -1], torch.nn.Identity()
     else:
         decoder, head = split
-        states = decoder(input_ids=input_ids, attention_mask=mask.long(), position_ids=positions(mask))
+        states = decoder(
+            input_ids=input_ids, attention_mask=mask.long(), position_ids=positions(mask), **asks
+        )
         hidden = states.last_hidden_state[:, n_prompt - 1 : -1]
+    for key in capture or {}:
+        capture[key] = getattr(states, key)
 
     # the state before response token t sits at hidden[:, t]; keep only real tokens, flattened over the batch
     rows, cols = response_mask.nonzero(as_tuple=True)

@@ -21,12 +21,18 @@ import torch
 from torch import Tensor
 
 from grpo import checkpoint
-from grpo.advantages import group_advantages, informative_groups, overlong_penalty
+from grpo.advantages import (
+    distillation_advantages,
+    group_advantages,
+    informative_groups,
+    overlong_penalty,
+)
 from grpo.cancellation import cancellation_metrics
 from grpo.config import QuadrlConfig, SamplingConfig
 from grpo.credit import Intervention, TokenCredit, TokenFacts
 from grpo.diagnostics import answer_diversity, logprob_change, quadrant_gradient_diagnostics
 from grpo.evaluate import evaluate
+from grpo.facts import TEACHER, FactSource, check_model, facts_for
 from grpo.loss import policy_loss
 from grpo.metrics import MetricsSink
 from grpo.model import Policy
@@ -168,9 +174,11 @@ class Trainer:
         intervention: Intervention,
         tracker: MetricsSink,
         run_dir: Path,
+        teacher: torch.nn.Module | None = None,
     ):
         self.cfg, self.policy, self.task, self.intervention = cfg, policy, task, intervention
-        self.tracker, self.run_dir = tracker, run_dir
+        self.tracker, self.run_dir, self.teacher = tracker, run_dir, teacher
+        check_model(cfg, intervention, policy, teacher)  # refuse missing requirements before any rollout
         self.train_examples = task.train()  # a lazy Sequence: built-in splits hold 10^6 generated items
         self._order: tuple[int, list[int]] | None = None
         # the quadrants logged are the ones the intervention acts on, when it splits tokens itself
@@ -293,29 +301,41 @@ class Trainer:
 
     def facts(self, batch: Batch, step: int) -> TokenFacts:
         a, r = self.cfg.algo, batch.rollout
-        # the overlong penalty shapes the advantages only: the facts keep the task's rewards
-        shaped = batch.rewards + self.overlong(batch)
-        seq_adv = group_advantages(shaped, batch.group_ids, a.scale_adv_by_std, a.adv_eps)
+        mask = r.response_mask
+        # extra facts only when an active method (or distillation) asks; passes shared with the KL reference
+        source = FactSource(
+            self.policy,
+            r,
+            batch.examples,
+            temperature=self.cfg.sampling.temperature,
+            chunk_size=self.cfg.train.logits_chunk,
+            keys=facts_for(self.cfg, self.intervention, step),
+            teacher=self.teacher,
+        )
+        extra = source.compute()
+        if a.advantage == "teacher":
+            advantages = distillation_advantages(extra[TEACHER], source.policy_pass().logprobs, mask)
+        else:
+            # the overlong penalty shapes the advantages only: the facts keep the task's rewards
+            shaped = batch.rewards + self.overlong(batch)
+            advantages = group_advantages(shaped, batch.group_ids, a.scale_adv_by_std, a.adv_eps)
         everything = torch.arange(len(batch.rewards))
         old = r.logprobs
         if a.epochs * a.minibatches > 1:  # later passes are off-policy: freeze pi_old before the first update
             with torch.no_grad():
                 old = self.logprobs(batch, everything)
-        ref = None
-        if a.beta > 0:
-            module, context = self.policy.reference_context()
-            with torch.no_grad(), context:
-                ref = self.logprobs(batch, everything, module)
+        ref = source.reference_pass().logprobs if a.beta > 0 else None
         return TokenFacts.from_rollout(
             r,
             batch.rewards,
             batch.group_ids,
-            seq_adv,
+            advantages,
             step,
             old_logprobs=old,
             ref_logprobs=ref,
             loss_aggregation=a.loss_aggregation,
             max_new_tokens=self.cfg.sampling.max_new_tokens,
+            extra=extra,
         )
 
     def loss(
@@ -397,6 +417,11 @@ class Trainer:
         metrics.update({f"intervention/{k}": v for k, v in credit.info.items()})
         if cfg.algo.overlong_buffer > 0:
             metrics["train/overlong_penalty_mean"] = float(self.overlong(batch).mean())
+        if (
+            cfg.algo.advantage == "teacher"
+        ):  # -a_t: the sampled-token estimate of KL(pi_old || pi_T) per token
+            n_resp = max(1, int(facts.response_mask.sum()))
+            metrics["train/teacher_kl"] = -float(facts.advantages.sum()) / n_resp
 
         diagnose = cfg.diagnostics.every > 0 and step % cfg.diagnostics.every == 0
         everything = torch.arange(len(batch.rewards))

@@ -66,6 +66,19 @@ class Compose(Intervention):
         """The split of the first step that has one (the diagnostics describe one split only)."""
         return next((s for s in (step.quadrant_split() for step in self.steps) if s is not None), None)
 
+    def facts_needed(self, step: int | None = None) -> tuple[str, ...]:
+        """Every fact any step needs (at ``step``: the steps active then), each once."""
+        if step is not None and not self.active(step):
+            return ()
+        return tuple(dict.fromkeys(key for s in self.steps for key in s.facts_needed(step)))
+
+    def requirements(self) -> list[tuple[str, tuple[str, ...]]]:
+        return [owner for step in self.steps for owner in step.requirements()]
+
+    def check_model(self, model: torch.nn.Module) -> None:
+        for step in self.steps:
+            step.check_model(model)
+
     def credit(self, facts: TokenFacts, credit: TokenCredit, generator: torch.Generator) -> TokenCredit:
         for step in self.steps:
             if step.active(facts.step):

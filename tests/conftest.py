@@ -73,11 +73,9 @@ def compose_config(*overrides: str):
         return compose("config", overrides=list(overrides))
 
 
-@pytest.fixture(scope="session")
-def math_jsonl(tmp_path_factory) -> Path:
+def write_sums_jsonl(path: Path) -> Path:
     """Single-digit sums as a math dataset; the 'solution' is the bare answer (no \\boxed: the built-in char
     alphabet has no braces), which math_file's verifier reads as the last number."""
-    path = tmp_path_factory.mktemp("data") / "sums.jsonl"
     rows = [
         {"problem": f"{a}+{b}=", "answer": str(a + b), "solution": str(a + b)}
         for a in range(10)
@@ -85,6 +83,12 @@ def math_jsonl(tmp_path_factory) -> Path:
     ]
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     return path
+
+
+@pytest.fixture(scope="session")
+def math_jsonl(tmp_path_factory) -> Path:
+    """:func:`write_sums_jsonl` in a session temp dir."""
+    return write_sums_jsonl(tmp_path_factory.mktemp("data") / "sums.jsonl")
 
 
 def math_task(path: Path) -> list[str]:
@@ -130,9 +134,10 @@ def sft_model_dir(tmp_path_factory, math_jsonl) -> Path:
     return out
 
 
-def make_trainer(tmp_path: Path, model_dir: Path, jsonl: Path, *overrides: str, reward=None):
+def make_trainer(tmp_path: Path, model_dir: Path, jsonl: Path, *overrides: str, reward=None, teacher=None):
     """A Trainer on a local model and the JSONL sums (4 prompts x 4 samples, 4 new tokens unless overridden),
-    without tracking; ``reward(example, completion)`` replaces the task's verifier when given."""
+    without tracking; ``reward(example, completion)`` replaces the task's verifier when given; ``teacher`` is the
+    distillation teacher (a model directory, loaded like the policy) for ``algo=opd``."""
     from omegaconf import OmegaConf
 
     import interventions  # noqa: F401  (registers every method)
@@ -161,7 +166,12 @@ def make_trainer(tmp_path: Path, model_dir: Path, jsonl: Path, *overrides: str, 
         task.rewards = None  # score through `reward` (math_file's batch method would bypass it)
     policy = load_policy(cfg.model, model_dir, need_reference=cfg.algo.beta > 0, seed=cfg.seed)
     intervention = build_intervention(OmegaConf.to_container(raw.intervention))
-    return Trainer(cfg, policy, task, intervention, NullSink(), tmp_path)
+    teacher_model = None
+    if teacher is not None:
+        from grpo.model import load_teacher
+
+        teacher_model = load_teacher(cfg.model, teacher, policy.tokenizer)
+    return Trainer(cfg, policy, task, intervention, NullSink(), tmp_path, teacher=teacher_model)
 
 
 FORK_PARAMS = {"length": 6, "decisive": 2, "n_test": 20, "test_pool_fraction": 0.5}

@@ -13,6 +13,8 @@ from grpo.quadrants import QUADRANTS
 from tests.conftest import CONF, compose_config, math_task
 
 PRESETS = sorted(p.stem for p in Path(CONF, "intervention").glob("*.yaml"))
+NEEDS = {"arca": ["model=local_lora", "model.lora.r=4"]}
+"""Overrides a preset needs to run at all (ARCA reads the LoRA adapter's residual)."""
 
 
 def test_every_registered_method_has_a_yaml():
@@ -33,7 +35,7 @@ def test_intervention_runs_end_to_end_with_diagnostics(tmp_path, store, sft_mode
     uri = store
     cfg = compose_config(
         f"intervention={preset}",
-        "model=local",
+        *NEEDS.get(preset, ["model=local"]),
         f"model.path={sft_model_dir}",
         *math_task(math_jsonl),
         f"run_dir={tmp_path / 'run'}",
