@@ -58,6 +58,8 @@ def test_results_file_holds_every_seed_and_the_table(tmp_path):
     assert results["conditions"][CTRL]["p_welch_holm"] is None  # the control is not tested against itself
 
 
+@pytest.mark.slow
+@pytest.mark.ci
 def test_an_identical_rerun_agrees_and_a_planted_disagreement_is_flagged(tmp_path):
     reference = study(tmp_path, "ref", REFERENCE)
     rerun = study(tmp_path, "rerun", REFERENCE)  # same code, same seeds: the same numbers

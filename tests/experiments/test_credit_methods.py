@@ -9,7 +9,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from experiments.base_model import teacher_recipe
-from experiments.study import default_control, study_config, sweep_grid, teachers
+from experiments.study import STUDY_REPORTS, study_config, sweep_grid, teachers
 from experiments.train import run
 from tests.conftest import CONF, compose_config, make_trainer, math_task
 
@@ -99,14 +99,13 @@ def test_every_credit_methods_condition_trains_end_to_end(tmp_path, sft_model_di
     assert "eval/accuracy" in rec.data.metrics
 
 
-def test_the_study_compares_with_the_grids_first_condition_and_builds_teachers_first():
+def test_the_study_compares_with_the_baseline_and_builds_teachers_first():
     grid = sweep_grid(study_config("credit_methods", []), [])
     assert grid["seed"] == ["0", "1", "2", "3", "4"]
     assert {"baseline", "hapo", "top_entropy", "arca", "attention_entropy", "opd", "iw_opd"} <= set(
         grid["+credit_method"]
     )
-    assert default_control(grid) == "+credit_method=baseline"
-    assert default_control(sweep_grid(study_config("quadrant_study", []), [])) == "intervention=none"
+    assert f"+credit_method={grid['+credit_method'][0]}" == STUDY_REPORTS["credit_methods"].control
     assert teachers("credit_methods", [], grid, 0) == [teacher_recipe(0, 0.9)]
     narrowed = sweep_grid(study_config("credit_methods", []), ["+credit_method=baseline,hapo"])
     assert narrowed["+credit_method"] == ["baseline", "hapo"]

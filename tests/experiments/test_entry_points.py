@@ -114,6 +114,8 @@ def test_hydra_errors_stay_as_hydra_prints_them(tmp_path):
     assert "quadrl-train: error" not in proc.stderr
 
 
+@pytest.mark.slow
+@pytest.mark.ci
 def test_quadrl_pretrain_from_an_empty_folder(tmp_path, math_jsonl):
     proc = entry_point(
         "quadrl-pretrain",
@@ -145,6 +147,8 @@ def test_quadrl_pretrain_from_an_empty_folder(tmp_path, math_jsonl):
     assert "unknown task 'nope'" in one_line_refusal(refused, "quadrl-pretrain")
 
 
+@pytest.mark.slow
+@pytest.mark.ci
 def test_quadrl_report_from_an_empty_folder(tmp_path):
     from analysis.synthetic import SyntheticCondition, log_synthetic_sweep
 

@@ -194,6 +194,8 @@ def _child_run(uri: str):
     return runs[0] if runs else None
 
 
+@pytest.mark.slow
+@pytest.mark.ci
 def test_slurm_preemption_requeues_and_resumes_bit_identical(slurm_cluster, tiny_model_dir, tmp_path):
     # ~20 steps/s on an idle core: 300 steps leave a window of seconds between the 4th checkpoint and the end
     steps, every = 300, 5
@@ -308,6 +310,7 @@ def nan_model(src: Path, dst: Path) -> Path:
     return dst
 
 
+@pytest.mark.slow
 def test_slurm_failed_and_cancelled_jobs(slurm_cluster, tiny_model_dir, tmp_path):
     """Grid over model.path = a good copy, a diverged one (NaN weights), the good one. Job 0 is cancelled by
     SLURM while it runs; job 1 fails in its first rollout; job 2 finishes. The sweep waits for all three (it

@@ -20,6 +20,7 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import REPO
@@ -136,6 +137,7 @@ def check_runs(uri: str, tmp_path: Path) -> None:
     assert not client.search_runs(["0"]), "runs misfiled into the Default experiment"
 
 
+@pytest.mark.slow
 def test_16_concurrent_jobs_fresh_sqlite(tmp_path):
     db = tmp_path / "fresh.db"
     assert not db.exists()
@@ -159,6 +161,7 @@ def _listening(port: int) -> set[str]:
     return found
 
 
+@pytest.mark.slow
 def test_16_concurrent_jobs_tracking_server(tmp_path):
     port = free_port()
     server = [

@@ -110,15 +110,17 @@ def finished_sweep(tmp_path_factory, sft_model_dir, math_jsonl):
     assert proc.stdout.strip().splitlines()[-2] == lines[-1], "the link is not among the last lines"
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     parent = (tmp / "sweep" / "mlflow_parent_run_id").read_text().strip()
-    from analysis.report import build_report
+    from analysis.report import ReportOptions, build_report
 
     build_report(
-        uri,
-        parent_run_id=parent,
-        out_dir=tmp / "report",
-        control="intervention=none",
-        min_seeds=2,
-        n_resamples=200,
+        ReportOptions(
+            out_dir=tmp / "report",
+            tracking_uri=uri,
+            parent_run_id=parent,
+            control="intervention=none",
+            min_seeds=2,
+            n_resamples=200,
+        )
     )
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("ui-test")
@@ -127,6 +129,8 @@ def finished_sweep(tmp_path_factory, sft_model_dir, math_jsonl):
     )
 
 
+@pytest.mark.slow
+@pytest.mark.ci
 def test_the_sweep_records_what_the_ui_needs(finished_sweep):
     s = finished_sweep
     client = MlflowClient(s.uri)
@@ -199,6 +203,7 @@ def close_assistant(page) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.ci
 def test_a_newcomer_compares_the_conditions_in_a_real_browser(finished_sweep, ui_server, shots):
     if CHROMIUM is None:
         why = "chromium is not installed: apt-get install -y chromium (.ci/run installs it)"

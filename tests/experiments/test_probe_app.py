@@ -31,6 +31,8 @@ def fork_overrides(model_dir: Path, tmp_path: Path, out: str = "report") -> list
     ]
 
 
+@pytest.mark.slow
+@pytest.mark.ci
 def test_probe_app_writes_report_and_mlflow_run_reproducibly(tmp_path, fork_model_dir):
     metrics = run(compose_config(*fork_overrides(fork_model_dir, tmp_path)))
     out = tmp_path / "report"
@@ -65,6 +67,8 @@ def test_probe_app_writes_report_and_mlflow_run_reproducibly(tmp_path, fork_mode
     assert (tmp_path / "again" / "tokens.csv").read_text() == (out / "tokens.csv").read_text()
 
 
+@pytest.mark.slow
+@pytest.mark.ci
 def test_probe_app_loads_a_training_checkpoint(tmp_path, fork_model_dir):
     """A run directory's checkpoint replaces the weights: zeroing one matrix changes what is probed."""
     from grpo.checkpoint import save

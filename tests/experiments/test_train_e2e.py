@@ -206,6 +206,7 @@ def test_two_runs_from_the_shipped_base_model_log_the_same_numbers(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.ci
 def test_grpo_raises_test_accuracy_on_builtin_base(tmp_path):
     """GRPO on the shipped arith base model (pre-trained into 20-60% greedy accuracy)."""
     cfg = compose_config(
