@@ -221,7 +221,7 @@ def test_arca_without_lora_is_refused_before_the_model_is_loaded(tmp_path, monke
     def no_model(*_):
         raise AssertionError("a model was loaded before the refusal")
 
-    monkeypatch.setattr(train, "model_path", no_model)
+    monkeypatch.setattr(train, "base_model", no_model)
     raw = compose_config("intervention=arca", "tracking=off", f"run_dir={tmp_path}")
     with pytest.raises(ConfigError) as err:
         train.run(raw)
