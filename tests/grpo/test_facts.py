@@ -239,10 +239,14 @@ def test_a_compose_step_is_refused_by_its_own_name():
         check_config(cfg, build_intervention(OmegaConf.to_container(raw.intervention)))
 
 
-def test_teacher_facts_need_distillation_mode():
+def test_teacher_facts_need_distillation_mode(monkeypatch):
     from omegaconf import OmegaConf
 
+    from grpo import credit
     from grpo.credit import Intervention, register
+
+    # a registry copy for this test: the method registered here must not reach the tests of every registered method
+    monkeypatch.setattr(credit, "_REGISTRY", dict(credit._REGISTRY))
 
     @register("needs_teacher_test")
     class NeedsTeacher(Intervention):
