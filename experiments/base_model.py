@@ -605,31 +605,41 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def teacher_name(task_name: str) -> str:
+    """The shipped directory name of a task's built-in distillation teacher: ``models/<task>_teacher``."""
+    return f"{task_name}_teacher"
+
+
 def ship(
     task_name: str,
     task_params: Mapping[str, Any],
     recipe: SFTRecipe | None = None,
     *,
-    dest: str | os.PathLike[str] | None = None,
+    name: str | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
     max_seconds: float = 1800.0,
     tracking_uri: str | None = None,
     verbose: bool = False,
 ) -> Path:
-    """Build the base model for (task, params, recipe) into ``dest`` (default ``models/<task>``), recording its
-    cache key and the sha256 of every file in ``quadrl_base.json``; replaces what was there."""
-    dest = Path(dest) if dest is not None else SHIPPED_DIR / task_name
+    """Ship the model for (task, params, recipe) as ``models/<name>`` (default: the task's name), recording its
+    cache key and the sha256 of every file in ``quadrl_base.json``; replaces what was there. The model is this
+    machine's cached build of that key (:func:`ensure_base_model`: built now if there is none), so shipping a
+    model a study already built costs no second build."""
+    built = ensure_base_model(
+        task_name,
+        task_params,
+        recipe,
+        cache_dir=cache_dir,
+        max_seconds=max_seconds,
+        tracking_uri=tracking_uri,
+        verbose=verbose,
+    )
+    dest = SHIPPED_DIR / (name or task_name)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{dest.name}-", dir=dest.parent))
     try:
-        meta = pretrain(
-            task_name,
-            task_params,
-            tmp,
-            recipe,
-            max_seconds=max_seconds,
-            tracking_uri=tracking_uri,
-            verbose=verbose,
-        )
+        shutil.copytree(built, tmp, dirs_exist_ok=True)
+        meta = load_metadata(tmp)
         meta["key"] = base_model_key(task_name, task_params, recipe)
         meta["sha256"] = {p.name: file_sha256(p) for p in sorted(tmp.iterdir()) if p.name != METADATA_FILE}
         meta.pop("mlflow_run_id", None)  # a run in the builder's own store means nothing to anyone else
@@ -715,20 +725,23 @@ def resolve_base_model(
     recipe: SFTRecipe | None = None,
     *,
     base: str = "shipped",
+    name: str | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     tracking_uri: str | None = DEFAULT_TRACKING_URI,
     max_seconds: float = 1800.0,
     say: Callable[[str], None] = print,
 ) -> ResolvedBase:
-    """The built-in base model for a run: the shipped one (verified) when ``base='shipped'`` and it was built from
-    exactly this task, these parameters and this recipe; otherwise a locally built one (cached), after one line
-    through ``say`` saying why. A shipped model whose files fail their checksums is an error, never rebuilt."""
+    """The built-in model for a run: the shipped ``models/<name>`` (default: the task's name; a teacher's is
+    :func:`teacher_name`), verified, when ``base='shipped'`` and it was built from exactly this task, these
+    parameters and this recipe; otherwise a locally built one (cached), after one line through ``say`` saying
+    why. A shipped model whose files fail their checksums is an error, never rebuilt."""
     recipe = recipe or SFTRecipe()
-    shipped = SHIPPED_DIR / task_name
+    shipped = SHIPPED_DIR / (name or task_name)
     if base == "shipped":
         if not shipped.exists():
             say(
-                f"quadrl: no shipped base model for task '{task_name}' ({shipped}): building one locally (cached)"
+                f"quadrl: no shipped model {shipped.name} for task '{task_name}' ({shipped}): "
+                "building one locally (cached)"
             )
         else:
             meta = load_metadata(shipped) if (shipped / METADATA_FILE).is_file() else {}

@@ -3,6 +3,7 @@
     quadrl-pretrain --task arith --seed 0 --out runs/base-arith min_digits=3 max_digits=4
     quadrl-pretrain --task countdown --cache            # build into the shared cache (ensure_base_model)
     quadrl-pretrain --task arith --ship                 # (re)build the shipped models/arith (maintainers)
+    quadrl-pretrain --task arith --ship --name arith_teacher --low 0.9 --high 1   # ship the built-in teacher
 
 Task parameters are ``key=value`` pairs (values parsed as YAML scalars: ``4`` -> int, ``0.1`` -> float,
 ``null`` -> None, ``true`` -> bool, anything else a string).
@@ -43,9 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument(
         "--ship",
         action="store_true",
-        help="build into the repository's models/<task> with the sha256 of every file (what model=tiny loads)",
+        help="ship into the repository's models/<task> (or models/<--name>) with the sha256 of every file (what "
+        "model=tiny loads): this machine's cached build of the same recipe, built first if there is none",
     )
-    p.add_argument("--cache-dir", default=None, help="cache root for --cache")
+    p.add_argument(
+        "--name", default=None, help="with --ship: the directory under models/ (default: the task's name)"
+    )
+    p.add_argument("--cache-dir", default=None, help="cache root for --cache and --ship")
     p.add_argument(
         "--max-seconds", type=float, default=1800.0, help="fail if the band is not reached (default 1800)"
     )
@@ -92,6 +97,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from experiments.base_model import PretrainError, ensure_base_model, pretrain, recipe_from, ship
     from runrecord import DEFAULT_TRACKING_URI
 
+    if args.name is not None and not args.ship:
+        print("quadrl-pretrain: error: --name names a shipped model: it needs --ship", file=sys.stderr)
+        return 1
     params = parse_params(args.params)
     uri = args.tracking_uri or DEFAULT_TRACKING_URI
     tracking_uri = None if uri.lower() == "none" else uri
@@ -112,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         common = {"max_seconds": args.max_seconds, "tracking_uri": tracking_uri, "verbose": not args.quiet}
         if args.cache or args.ship:
             if args.ship:
-                path = ship(args.task, params, recipe, **common)
+                path = ship(args.task, params, recipe, name=args.name, cache_dir=args.cache_dir, **common)
             else:
                 path = ensure_base_model(args.task, params, recipe, cache_dir=args.cache_dir, **common)
             print(path)

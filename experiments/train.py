@@ -28,6 +28,7 @@ from experiments.base_model import (
     SFTRecipe,
     load_metadata,
     resolve_base_model,
+    teacher_name,
     teacher_recipe,
 )
 from experiments.sweep import parent_run_id, read_swept_keys, sweep_condition
@@ -99,13 +100,16 @@ def resolve_run_dir(cfg: QuadrlConfig) -> Path:
         return Path.cwd()
 
 
-def _builtin(cfg: QuadrlConfig, task_params: dict[str, Any], recipe: SFTRecipe, base: str) -> ResolvedBase:
+def _builtin(
+    cfg: QuadrlConfig, task_params: dict[str, Any], recipe: SFTRecipe, name: str | None = None
+) -> ResolvedBase:
     params = {k: v for k, v in task_params.items() if k != "name"}
     return resolve_base_model(
         task_params["name"],
         params,
         recipe,
-        base=base,
+        base=cfg.model.base,
+        name=name,
         tracking_uri=cfg.tracking.uri if cfg.tracking.enabled else None,
         max_seconds=cfg.model.base_max_seconds,
     )
@@ -116,16 +120,19 @@ def base_model(cfg: QuadrlConfig, task_params: dict[str, Any]) -> ResolvedBase:
     if cfg.model.source == "local":
         path = Path(str(cfg.model.path)).expanduser()
         return ResolvedBase(path, f"local:{path}")
-    return _builtin(cfg, task_params, SFTRecipe(seed=cfg.model.base_seed), cfg.model.base)
+    return _builtin(cfg, task_params, SFTRecipe(seed=cfg.model.base_seed))
 
 
-def teacher_path(cfg: QuadrlConfig, task_params: dict[str, Any]) -> Path:
-    """The distillation teacher's directory: ``algo.teacher.path``, or the built-in teacher (the base model's SFT
-    run continued to ``algo.teacher.min_accuracy``; not shipped: built once, then cached)."""
+def teacher_model(cfg: QuadrlConfig, task_params: dict[str, Any]) -> ResolvedBase:
+    """The distillation teacher: ``algo.teacher.path``, or the built-in teacher (the base model's SFT run
+    continued to ``algo.teacher.min_accuracy``): shipped as ``models/<task>_teacher`` (verified) when it was built
+    from exactly this recipe, else built once and cached, like the base model (``model.base`` applies to both)."""
     t = cfg.algo.teacher
     if t.source == "local":
-        return Path(str(t.path)).expanduser()
-    return _builtin(cfg, task_params, teacher_recipe(cfg.model.base_seed, t.min_accuracy), "build").path
+        path = Path(str(t.path)).expanduser()
+        return ResolvedBase(path, f"local:{path}")
+    recipe = teacher_recipe(cfg.model.base_seed, t.min_accuracy)
+    return _builtin(cfg, task_params, recipe, teacher_name(task_params["name"]))
 
 
 def _built_accuracy(tag: str, path: Path) -> dict[str, str]:
@@ -253,11 +260,11 @@ def run(raw: DictConfig) -> dict[str, float]:
         tracker.set_tags({"quadrl.sampler": "fast" if blocker is None else f"generic: {blocker}"})
         teacher = None
         if cfg.algo.advantage == "teacher":
-            where = teacher_path(cfg, task_params)
+            built = teacher_model(cfg, task_params)
             tracker.set_tags(
-                {"quadrl.teacher": str(where), **_built_accuracy("quadrl.teacher_accuracy", where)}
+                {"quadrl.teacher": built.tag, **_built_accuracy("quadrl.teacher_accuracy", built.path)}
             )
-            teacher = load_teacher(cfg.model, where, policy.tokenizer)
+            teacher = load_teacher(cfg.model, built.path, policy.tokenizer)
         trainer = Trainer(cfg, policy, task, intervention, tracker, run_dir, teacher=teacher)
         if state is not None:
             trainer.load_checkpoint(state)

@@ -320,6 +320,61 @@ def test_a_changed_or_missing_shipped_file_is_refused_by_name(tmp_path, monkeypa
         bm.resolve_base_model("arith", {}, tracking_uri=None)
 
 
+def test_the_built_in_teacher_ships_and_is_used_without_a_build(monkeypatch):
+    """models/arith_teacher is what algo=opd distils from: verified and used as is; a teacher of another accuracy
+    is built (and the run says why)."""
+    monkeypatch.setattr(bm, "ensure_base_model", lambda *a, **k: pytest.fail("built the shipped teacher"))
+    said: list[str] = []
+    name = bm.teacher_name("arith")
+    got = bm.resolve_base_model(
+        "arith", {}, bm.teacher_recipe(0, 0.9), name=name, tracking_uri=None, say=said.append
+    )
+    meta = bm.load_metadata(got.path)
+    assert got.path == bm.SHIPPED_DIR / "arith_teacher" and said == []
+    assert got.tag == f"shipped:{meta['sha256']['model.safetensors'][:16]}"
+    assert meta["test_accuracy"] >= 0.9 and meta["recipe"]["target_accuracy"] == [0.9, 1.0]
+
+    monkeypatch.setattr(
+        bm,
+        "ensure_base_model",
+        lambda task, params, recipe, **k: bm.SHIPPED_DIR / bm.base_model_key(task, params, recipe),
+    )
+    other = bm.resolve_base_model(
+        "arith", {}, bm.teacher_recipe(0, 0.95), name=name, tracking_uri=None, say=said.append
+    )
+    assert (
+        other.tag.startswith("built:arith-seed0-")
+        and "target_accuracy=[0.95, 1.0] (shipped: [0.9, 1.0])" in said[0]
+    )
+
+
+def test_ship_seals_the_cached_build_with_its_key_and_checksums(tmp_path, monkeypatch):
+    import shutil
+
+    cached = tmp_path / "cache" / "arith-build"
+    shutil.copytree(bm.SHIPPED_DIR / "arith", cached)
+    meta = bm.load_metadata(cached)
+    for field in ("key", "sha256"):  # what a cache entry does not have
+        meta.pop(field)
+    (cached / bm.METADATA_FILE).write_text(json.dumps(meta))
+    monkeypatch.setattr(bm, "ensure_base_model", lambda *a, **k: cached)
+    monkeypatch.setattr(bm, "SHIPPED_DIR", tmp_path / "models")
+    dest = bm.ship("arith", {}, bm.teacher_recipe(0, 0.9), name="arith_teacher")
+    assert dest == tmp_path / "models" / "arith_teacher"
+    sealed = bm.load_metadata(dest)
+    assert sealed["key"] == bm.base_model_key("arith", {}, bm.teacher_recipe(0, 0.9))
+    assert sealed["sha256"]["model.safetensors"] == bm.file_sha256(cached / "model.safetensors")
+    assert bm.verify_shipped(dest) == sealed["sha256"]["model.safetensors"]
+    assert not list((tmp_path / "models").glob(".tmp-*"))  # nothing half-written left behind
+
+
+def test_pretrain_refuses_a_shipped_name_without_ship(capsys):
+    from experiments.pretrain import main
+
+    assert main(["--task", "arith", "--out", "somewhere", "--name", "arith_teacher"]) == 1
+    assert "--name names a shipped model: it needs --ship" in capsys.readouterr().err
+
+
 def test_the_shipped_model_is_used_only_for_what_it_was_built_from(monkeypatch):
     built = []
 

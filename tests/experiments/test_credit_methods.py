@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
 
 from experiments.base_model import teacher_recipe
 from experiments.study import STUDY_REPORTS, study_config, sweep_grid, teachers
@@ -60,7 +61,7 @@ def test_opd_with_iw_opd_runs_end_to_end_and_logs_rewards(
     run(cfg)
     client, rec = finished_run(uri, "opd")
     metrics = rec.data.metrics
-    assert rec.data.tags["quadrl.teacher"] == str(sft_model_dir)
+    assert rec.data.tags["quadrl.teacher"] == f"local:{sft_model_dir}"
     for key in ("train/reward_mean", "train/teacher_kl", "eval/accuracy", "eval/pass_at_1", "iw_opd"):
         assert any(k.startswith(key) or k.startswith(f"intervention/{key}") for k in metrics), key
     assert metrics["intervention/iw_opd/weight_first_token"] > 1.0
@@ -99,6 +100,16 @@ def test_every_credit_methods_condition_trains_end_to_end(tmp_path, sft_model_di
     assert "eval/accuracy" in rec.data.metrics
 
 
+def test_the_built_in_teacher_is_the_shipped_one(monkeypatch):
+    import experiments.base_model as bm
+    from experiments.train import teacher_model
+
+    monkeypatch.setattr(bm, "ensure_base_model", lambda *a, **k: pytest.fail("built the shipped teacher"))
+    cfg = OmegaConf.to_object(compose_config("algo=opd"))
+    teacher = teacher_model(cfg, {"name": "arith"})
+    assert teacher.path == bm.SHIPPED_DIR / "arith_teacher" and teacher.tag.startswith("shipped:")
+
+
 def test_the_study_compares_with_the_baseline_and_builds_teachers_first():
     grid = sweep_grid(study_config("credit_methods", []), [])
     assert grid["seed"] == ["0", "1", "2", "3", "4"]
@@ -106,7 +117,10 @@ def test_the_study_compares_with_the_baseline_and_builds_teachers_first():
         grid["+credit_method"]
     )
     assert f"+credit_method={grid['+credit_method'][0]}" == STUDY_REPORTS["credit_methods"].control
-    assert teachers("credit_methods", [], grid, 0) == [teacher_recipe(0, 0.9)]
+    (teacher,) = teachers("credit_methods", [], grid)
+    assert teacher_recipe(teacher.model.base_seed, teacher.algo.teacher.min_accuracy) == teacher_recipe(
+        0, 0.9
+    )
     narrowed = sweep_grid(study_config("credit_methods", []), ["+credit_method=baseline,hapo"])
     assert narrowed["+credit_method"] == ["baseline", "hapo"]
-    assert teachers("credit_methods", ["+credit_method=baseline,hapo"], narrowed, 0) == []
+    assert teachers("credit_methods", ["+credit_method=baseline,hapo"], narrowed) == []
