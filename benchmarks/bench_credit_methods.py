@@ -83,20 +83,12 @@ def build_trainer(condition: str, model: Path, teacher: Path, run_dir: Path, thr
 
 
 def builtin_models() -> tuple[Path, Path, str]:
-    from experiments.base_model import (
-        METADATA_FILE,
-        SFTRecipe,
-        base_model_key,
-        default_cache_dir,
-        ensure_base_model,
-        teacher_recipe,
-    )
+    from experiments.base_model import resolve_base_model, teacher_name, teacher_recipe
 
-    base = ensure_base_model("arith", {}, SFTRecipe(seed=0), tracking_uri=None)
-    teacher = default_cache_dir() / "base_models" / base_model_key("arith", {}, teacher_recipe(0))
-    if (teacher / METADATA_FILE).is_file():
-        return base, teacher, "the built-in teacher"
-    return base, base, "the base model (the built-in teacher is not built; same architecture, same cost)"
+    base = resolve_base_model("arith", {}, tracking_uri=None).path  # the shipped models, verified
+    recipe = teacher_recipe(0)
+    teacher = resolve_base_model("arith", {}, recipe, name=teacher_name("arith"), tracking_uri=None).path
+    return base, teacher, "the built-in teacher"
 
 
 def main(argv: list[str] | None = None) -> int:
