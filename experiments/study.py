@@ -55,7 +55,15 @@ STUDY_REPORTS = {
     # countdown's greedy accuracy on 200 prompts moves by about its own noise; the mean accuracy of 8 samples
     # per prompt (1600 completions, what the paper reports as avg@k) resolves the baseline's gain
     "quadrant_study_countdown": StudyReport(metric="eval/avg_at_8"),
-    "credit_methods": StudyReport(control="+credit_method=baseline"),
+    # ARCA against its rank-matched control (GRPO through the same LoRA adapter), IW-OPD against plain OPD: the
+    # comparisons the two papers make
+    "credit_methods": StudyReport(
+        control="+credit_method=baseline",
+        pairs=(
+            ("+credit_method=arca", "+credit_method=grpo_lora"),
+            ("+credit_method=iw_opd", "+credit_method=opd"),
+        ),
+    ),
     "quadrant_mechanisms": StudyReport(
         control="+mechanism=baseline",
         pairs=(

@@ -117,6 +117,9 @@ def test_the_study_compares_with_the_baseline_and_builds_teachers_first():
         grid["+credit_method"]
     )
     assert f"+credit_method={grid['+credit_method'][0]}" == STUDY_REPORTS["credit_methods"].control
+    # each paper's own comparison is a pair of conditions the grid runs
+    for pair in STUDY_REPORTS["credit_methods"].pairs:
+        assert {c.removeprefix("+credit_method=") for c in pair} <= set(grid["+credit_method"]), pair
     (teacher,) = teachers("credit_methods", [], grid)
     assert teacher_recipe(teacher.model.base_seed, teacher.algo.teacher.min_accuracy) == teacher_recipe(
         0, 0.9
