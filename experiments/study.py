@@ -135,7 +135,7 @@ def teachers(preset: str, overrides: list[str], grid: dict[str, list[str]]) -> l
 
     swept = {k.lstrip("+") for k in grid}
     fixed = [o for o in overrides if not is_sweep(o) and o.partition("=")[0].lstrip("+") not in swept]
-    configs, recipes = [], []
+    by_recipe = {}  # one config per distinct teacher recipe, in grid order
     for key, values in grid.items():
         if key.lstrip("+") == "seed":
             continue
@@ -145,11 +145,8 @@ def teachers(preset: str, overrides: list[str], grid: dict[str, list[str]]) -> l
                 continue
             cfg = OmegaConf.to_object(study_config(preset, [*fixed, f"{key}={value}"], with_hydra=False))
             if cfg.algo.advantage == "teacher" and cfg.algo.teacher.source == "builtin":
-                recipe = teacher_recipe(cfg.model.base_seed, cfg.algo.teacher.min_accuracy)
-                if recipe not in recipes:
-                    recipes.append(recipe)
-                    configs.append(cfg)
-    return configs
+                by_recipe.setdefault(teacher_recipe(cfg.model.base_seed, cfg.algo.teacher.min_accuracy), cfg)
+    return list(by_recipe.values())
 
 
 def main(argv: list[str] | None = None) -> int:
