@@ -14,8 +14,12 @@ Results file (JSON, written by every report as ``results.json``)::
 Reference check. For each condition in both files: the difference of the means (fresh - reference) and its 95%
 percentile-bootstrap interval, resampling the seeds of each side independently; the condition *agrees* when the
 interval contains 0. An interval over 5 seeds per side is a rough instrument: the check says "no detectable
-difference", not "equal". Conditions whose order flipped (a above b in the reference, below in the fresh study)
-are listed pair by pair.
+difference", not "equal". Seeds present on both sides are also compared one by one: ``seeds_identical`` counts
+those whose values are the same number, the strongest form of agreement (same code, same seed, same numbers).
+Conditions whose order flipped (a above b in the reference, below in the fresh study) are listed pair by pair; a
+flip is *resolved* when the reference itself separated the two (its 95% bootstrap interval of mean(a) - mean(b),
+the same interval as above, excludes 0). An unresolved flip swaps two conditions the reference could not tell
+apart: expected noise, not a contradicted finding.
 """
 
 from __future__ import annotations
@@ -114,20 +118,57 @@ class ConditionCheck:
     hi: float
     agrees: bool
     """The interval contains 0 (no detectable difference)."""
+    seeds_compared: int = 0
+    """Seeds that both sides ran (matched by seed, not by position)."""
+    seeds_identical: int = 0
+    """Of those, the seeds whose values are the same number on both sides."""
+
+
+@dataclass(frozen=True)
+class Flip:
+    """Two conditions whose order changed: ``above`` was above ``below`` in the reference, is below it now."""
+
+    above: str
+    below: str
+    reference_diff: float
+    """mean(above) - mean(below) in the reference (> 0)."""
+    lo: float
+    hi: float
+    """The reference's 95% bootstrap interval of that difference."""
+
+    @property
+    def resolved(self) -> bool:
+        """The reference separated the two (its interval excludes 0): a published ordering was reversed."""
+        return not math.isnan(self.lo) and self.lo > 0.0
 
 
 @dataclass(frozen=True)
 class ReferenceCheck:
     metric: str
     conditions: list[ConditionCheck]
-    flipped: list[tuple[str, str]]
-    """(a, b): a above b in the reference, below in the fresh study."""
+    flips: list[Flip]
     only_fresh: list[str]
     only_reference: list[str]
 
     @property
+    def flipped(self) -> list[tuple[str, str]]:
+        """(a, b): a above b in the reference, below in the fresh study."""
+        return [(f.above, f.below) for f in self.flips]
+
+    @property
+    def resolved_flips(self) -> list[Flip]:
+        return [f for f in self.flips if f.resolved]
+
+    @property
     def disagreements(self) -> list[str]:
         return [c.condition for c in self.conditions if not c.agrees]
+
+    @property
+    def identical(self) -> list[str]:
+        """Conditions whose every seed, on both sides, has the same value (and at least one seed in common)."""
+        return [
+            c.condition for c in self.conditions if c.seeds_compared and c.seeds_identical == c.seeds_compared
+        ]
 
 
 def diff_interval(
@@ -166,33 +207,67 @@ def check_against(
         fv, rv = f_conds[cond]["values"], r_conds[cond]["values"]
         diff, lo, hi = diff_interval(fv, rv, n_resamples=n_resamples, seed=seed + i)
         agrees = bool(lo <= 0.0 <= hi) if not math.isnan(lo) else bool(diff == 0.0)
-        checks.append(ConditionCheck(cond, float(np.mean(fv)), float(np.mean(rv)), diff, lo, hi, agrees))
+        fresh_by_seed = _by_seed(f_conds[cond])
+        shared = [(v, fresh_by_seed[s]) for s, v in _by_seed(r_conds[cond]).items() if s in fresh_by_seed]
+        checks.append(
+            ConditionCheck(
+                cond,
+                float(np.mean(fv)),
+                float(np.mean(rv)),
+                diff,
+                lo,
+                hi,
+                agrees,
+                seeds_compared=len(shared),
+                seeds_identical=sum(r == f for r, f in shared),
+            )
+        )
     means = {c.condition: (c.reference_mean, c.fresh_mean) for c in checks}
-    flipped = [
-        (a, b)
-        for i, a in enumerate(common)
-        for b in common[i + 1 :]
-        if (means[a][0] - means[b][0]) * (means[a][1] - means[b][1]) < 0
-    ]
-    flipped = [(a, b) if means[a][0] > means[b][0] else (b, a) for a, b in flipped]
+    flips = []
+    for i, a in enumerate(common):
+        for j, b in enumerate(common[i + 1 :], start=i + 1):
+            if (means[a][0] - means[b][0]) * (means[a][1] - means[b][1]) >= 0:
+                continue
+            above, below = (a, b) if means[a][0] > means[b][0] else (b, a)
+            diff, lo, hi = diff_interval(
+                r_conds[above]["values"],
+                r_conds[below]["values"],
+                n_resamples=n_resamples,
+                seed=seed + len(common) * (i + 1) + j,
+            )
+            flips.append(Flip(above, below, diff, lo, hi))
     return ReferenceCheck(
         metric=str(fresh.get("metric")),
         conditions=checks,
-        flipped=flipped,
+        flips=flips,
         only_fresh=[c for c in f_conds if c not in r_conds],
         only_reference=[c for c in r_conds if c not in f_conds],
     )
 
 
+def _by_seed(condition: Mapping[str, object]) -> dict[object, float]:
+    """{seed: value} of one condition of a results file (a run without a seed is matched by nothing)."""
+    seeds, values = condition.get("seeds") or [], condition["values"]
+    return {s: float(v) for s, v in zip(seeds, values, strict=False) if s is not None}  # type: ignore[arg-type]
+
+
 def reference_markdown(check: ReferenceCheck, reference_path: str | Path) -> str:
     """The report's "Against the reference" section."""
-    header = ["condition", "fresh", "reference", "fresh - reference [95% CI]", "verdict"]
+    header = [
+        "condition",
+        "fresh",
+        "reference",
+        "fresh - reference [95% CI]",
+        "seeds identical",
+        "verdict",
+    ]
     rows = [
         [
             c.condition,
             tables.fmt_num(c.fresh_mean),
             tables.fmt_num(c.reference_mean),
             tables.fmt_ci(c.diff, c.lo, c.hi),
+            f"{c.seeds_identical}/{c.seeds_compared}",
             "agrees" if c.agrees else "DIFFERS",
         ]
         for c in check.conditions
@@ -207,14 +282,24 @@ def reference_markdown(check: ReferenceCheck, reference_path: str | Path) -> str
         f"## Against the reference (`{reference_path}`)",
         "",
         f"{verdict}. Agrees: the 95% bootstrap interval of the difference of the means (seeds of each side "
-        f"resampled apart) contains 0 -- no detectable difference, which is not proof of equality.",
+        f"resampled apart) contains 0 -- no detectable difference, which is not proof of equality. Seeds "
+        f"identical: of the seeds both sides ran, those with the same value on both ({len(check.identical)} of "
+        f"{len(check.conditions)} conditions in every seed).",
         "",
         tables.to_markdown(header, rows),
         "",
     ]
-    if check.flipped:
-        lines += ["Order flipped (reference a > b, fresh a < b):", ""]
-        lines += [f"- `{a}` vs `{b}`" for a, b in check.flipped] + [""]
+    if check.flips:
+        lines += [
+            "Order flipped (reference a > b, fresh a < b), with the reference's own a - b [95% CI]: resolved "
+            "when that interval excludes 0 (a published ordering reversed), else within the reference's noise:",
+            "",
+        ]
+        lines += [
+            f"- `{f.above}` vs `{f.below}`: {tables.fmt_ci(f.reference_diff, f.lo, f.hi)}, "
+            + ("**resolved**" if f.resolved else "within noise")
+            for f in check.flips
+        ] + [""]
     else:
         lines += ["No pair of conditions changed order.", ""]
     if check.only_fresh or check.only_reference:
@@ -228,12 +313,18 @@ def reference_markdown(check: ReferenceCheck, reference_path: str | Path) -> str
 def reference_summary_line(check: ReferenceCheck) -> str:
     """One line for the end of a study."""
     n, bad = len(check.conditions), check.disagreements
-    if not bad and not check.flipped:
-        return f"reproduced the reference: {n}/{n} conditions agree, no order flipped"
+    identical = f" ({len(check.identical)} identical in every seed)"
+    if not bad and not check.flips:
+        return f"reproduced the reference: {n}/{n} conditions agree{identical}, no order flipped"
     return (
-        f"{n - len(bad)}/{n} conditions agree with the reference"
+        f"{n - len(bad)}/{n} conditions agree with the reference{identical}"
         + (f"; differ: {', '.join(bad)}" if bad else "")
-        + (f"; {len(check.flipped)} pair(s) changed order" if check.flipped else "")
+        + (
+            f"; {len(check.flips)} pair(s) changed order, {len(check.resolved_flips)} of them resolved by the "
+            "reference"
+            if check.flips
+            else ""
+        )
     )
 
 

@@ -65,17 +65,22 @@ def test_an_identical_rerun_agrees_and_a_planted_disagreement_is_flagged(tmp_pat
     rerun = study(tmp_path, "rerun", REFERENCE)  # same code, same seeds: the same numbers
     same = check_against(rerun, reference)
     assert same.disagreements == [] and same.flipped == [] and all(c.diff == 0.0 for c in same.conditions)
+    assert all(c.seeds_identical == c.seeds_compared == 5 for c in same.conditions)
 
     planted = study(tmp_path, "planted", {**REFERENCE, "only_pos_high": 0.55})  # -0.30 on one condition
     check = check_against(planted, reference)
     assert check.disagreements == ["intervention=only_pos_high"]
     bad = next(c for c in check.conditions if c.condition == "intervention=only_pos_high")
     assert bad.hi < 0 and bad.diff == pytest.approx(-0.30, abs=0.05)
-    # only_pos_high was above both others and is now below both: two pairs changed order
+    assert (bad.seeds_compared, bad.seeds_identical) == (5, 0)  # every seed moved; the others did not
+    assert sorted(check.identical) == ["intervention=hapo", "intervention=none"]
+    # only_pos_high was above both others and is now below both: two pairs changed order, and the reference had
+    # separated both (0.85 vs 0.75 and 0.70 with seed sd 0.03)
     assert sorted(check.flipped) == [
         ("intervention=only_pos_high", "intervention=hapo"),
         ("intervention=only_pos_high", "intervention=none"),
     ]
+    assert len(check.resolved_flips) == 2
 
 
 def test_report_with_reference_says_which_condition_differs(tmp_path, capsys):
@@ -98,8 +103,62 @@ def test_report_with_reference_says_which_condition_differs(tmp_path, capsys):
     section = text.split("## Against the reference", 1)[1].split("## Warnings", 1)[0]
     assert "1 of 3 conditions differ from the reference: intervention=hapo" in section
     assert "| intervention=hapo |" in section and "DIFFERS" in section
-    assert "`intervention=only_pos_high` vs `intervention=hapo`" in section  # 0.85 > 0.75 became 0.85 < 0.95
-    assert "1 pair(s) changed order" in capsys.readouterr().out
+    # 0.85 > 0.75 became 0.85 < 0.95, a difference the reference resolved (seed sd 0.03)
+    assert (
+        "- `intervention=only_pos_high` vs `intervention=hapo`: 0.1" in section and "**resolved**" in section
+    )
+    # the two conditions left alone are the same numbers seed for seed; hapo none of its seeds
+    assert "| 5/5 | agrees |" in section and "| 0/5 | DIFFERS |" in section
+    assert "1 pair(s) changed order, 1 of them resolved by the reference" in capsys.readouterr().out
+
+
+def results(conditions: dict[str, dict[int, float]]) -> dict:
+    """A hand-made results file: {condition: {seed: value}}."""
+    return {
+        "metric": "eval/accuracy",
+        "compare_on": "final",
+        "conditions": {
+            c: {"seeds": list(by_seed), "values": list(by_seed.values())} for c, by_seed in conditions.items()
+        },
+    }
+
+
+def test_seeds_are_compared_one_by_one_matched_by_seed_not_position():
+    reference = results({"a": {0: 0.70, 1: 0.60, 2: 0.65}, "b": {0: 0.30, 1: 0.35, 2: 0.40}})
+    # a: the same three numbers listed in another seed order, plus a seed the reference did not run;
+    # b: seed 1 differs in the last digit that matters
+    fresh = results({"a": {2: 0.65, 0: 0.70, 1: 0.60, 3: 0.9}, "b": {0: 0.30, 1: 0.351, 2: 0.40}})
+    check = check_against(fresh, reference, n_resamples=500)
+    by = {c.condition: c for c in check.conditions}
+    assert (by["a"].seeds_compared, by["a"].seeds_identical) == (3, 3)
+    assert (by["b"].seeds_compared, by["b"].seeds_identical) == (3, 2)
+    assert check.identical == ["a"]
+
+
+def test_an_order_flip_is_resolved_only_when_the_reference_separated_the_pair():
+    close = {
+        "tied_hi": {0: 0.30, 1: 0.50, 2: 0.10, 3: 0.45, 4: 0.20},
+        "tied_lo": {0: 0.25, 1: 0.45, 2: 0.15, 3: 0.40, 4: 0.20},
+    }
+    apart = {"strong": {s: 0.80 + 0.01 * s for s in range(5)}, "weak": {s: 0.50 + 0.01 * s for s in range(5)}}
+    reference = results({**close, **apart})
+    # fresh: the tied pair swaps (means 0.31 vs 0.29 -> 0.29 vs 0.31), so does the separated one (0.82 vs 0.52 -> 0.4 vs 0.6)
+    fresh = results(
+        {
+            "tied_hi": {s: v - 0.02 for s, v in close["tied_hi"].items()},
+            "tied_lo": close["tied_hi"],
+            "strong": {s: 0.40 for s in range(5)},
+            "weak": {s: 0.60 for s in range(5)},
+        }
+    )
+    check = check_against(fresh, reference, n_resamples=2000)
+    flips = {(f.above, f.below): f for f in check.flips}
+    assert ("tied_hi", "tied_lo") in flips and ("strong", "weak") in flips
+    tied, strong = flips[("tied_hi", "tied_lo")], flips[("strong", "weak")]
+    assert tied.reference_diff == pytest.approx(0.02) and tied.lo < 0 < tied.hi and not tied.resolved
+    # no resample brings the separated pair closer than min(strong) - max(weak) = 0.80 - 0.54
+    assert strong.reference_diff == pytest.approx(0.30) and strong.lo >= 0.26 - 1e-12 and strong.resolved
+    assert [(f.above, f.below) for f in check.resolved_flips] == [("strong", "weak")]
 
 
 def test_false_alarm_rate_of_the_agreement_check_at_5_seeds():
