@@ -383,12 +383,33 @@ def update_readme(readme: str | Path, root: str | Path | None = None, *, check: 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m analysis.results readme [--check]``: regenerate (or check) the README's results tables."""
-    parser = argparse.ArgumentParser(prog="python -m analysis.results", description=main.__doc__)
-    parser.add_argument("command", choices=["readme"])
-    parser.add_argument("--readme", default="README.md")
-    parser.add_argument("--check", action="store_true", help="exit 1 if a table is stale, write nothing")
+    """``python -m analysis.results readme [--check]``: regenerate (or check) the README's results tables.
+    ``python -m analysis.results compare FRESH REFERENCE``: the reference check of two results files (exit 1 when a
+    condition differs or a flip reverses an ordering the reference resolved)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m analysis.results",
+        description=main.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    readme = commands.add_parser("readme", help="regenerate the README's tables from their results files")
+    readme.add_argument("--readme", default="README.md")
+    readme.add_argument("--check", action="store_true", help="exit 1 if a table is stale, write nothing")
+    compare = commands.add_parser("compare", help="check one results file against another")
+    compare.add_argument("fresh", help="results file of the study to check (a report's results.json)")
+    compare.add_argument(
+        "reference", help="results file it is checked against (e.g. docs/results/<preset>.json)"
+    )
     args = parser.parse_args(argv)
+    if args.command == "compare":
+        try:
+            check = check_against(read_results(args.fresh), read_results(args.reference))
+        except ValueError as exc:
+            print(f"python -m analysis.results: error: {exc}", file=sys.stderr)
+            return 2
+        print(reference_markdown(check, args.reference))
+        print(reference_summary_line(check))
+        return 1 if (check.disagreements or check.resolved_flips) else 0
     stale = update_readme(args.readme, check=args.check)
     for path in stale:
         print(f"{'stale' if args.check else 'regenerated'}: the table of {path}")

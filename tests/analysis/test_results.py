@@ -15,6 +15,7 @@ from analysis import report
 from analysis.results import (
     check_against,
     diff_interval,
+    main,
     read_results,
     results_table,
     update_readme,
@@ -159,6 +160,29 @@ def test_an_order_flip_is_resolved_only_when_the_reference_separated_the_pair():
     # no resample brings the separated pair closer than min(strong) - max(weak) = 0.80 - 0.54
     assert strong.reference_diff == pytest.approx(0.30) and strong.lo >= 0.26 - 1e-12 and strong.resolved
     assert [(f.above, f.below) for f in check.resolved_flips] == [("strong", "weak")]
+
+
+def test_compare_two_results_files_from_the_command_line(tmp_path, capsys):
+    reference = results(
+        {"a": {s: 0.80 + 0.01 * s for s in range(5)}, "b": {s: 0.50 + 0.01 * s for s in range(5)}}
+    )
+    ref, same, swapped = tmp_path / "ref.json", tmp_path / "same.json", tmp_path / "swapped.json"
+    ref.write_text(json.dumps(reference))
+    same.write_text(json.dumps(reference))
+    swapped.write_text(
+        json.dumps(results({"a": {s: 0.4 for s in range(5)}, "b": {s: 0.6 for s in range(5)}}))
+    )
+    assert main(["compare", str(same), str(ref)]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "reproduced the reference: 2/2 conditions agree (2 identical in every seed), no order flipped" in out
+    )
+    assert main(["compare", str(swapped), str(ref)]) == 1
+    out = capsys.readouterr().out
+    assert "0/2 conditions agree with the reference" in out and "1 of them resolved by the reference" in out
+    (tmp_path / "junk.json").write_text("{not json")
+    assert main(["compare", str(tmp_path / "junk.json"), str(ref)]) == 2
+    assert "junk.json: not a readable results file" in capsys.readouterr().err
 
 
 def test_false_alarm_rate_of_the_agreement_check_at_5_seeds():
