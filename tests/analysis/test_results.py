@@ -124,6 +124,10 @@ def results(conditions: dict[str, dict[int, float]]) -> dict:
     }
 
 
+SEPARATED = {"strong": {s: 0.80 + 0.01 * s for s in range(5)}, "weak": {s: 0.50 + 0.01 * s for s in range(5)}}
+"""Two conditions 0.30 apart with a spread of 0.04 each: any bootstrap of them keeps strong above weak."""
+
+
 def test_seeds_are_compared_one_by_one_matched_by_seed_not_position():
     reference = results({"a": {0: 0.70, 1: 0.60, 2: 0.65}, "b": {0: 0.30, 1: 0.35, 2: 0.40}})
     # a: the same three numbers listed in another seed order, plus a seed the reference did not run;
@@ -141,8 +145,7 @@ def test_an_order_flip_is_resolved_only_when_the_reference_separated_the_pair():
         "tied_hi": {0: 0.30, 1: 0.50, 2: 0.10, 3: 0.45, 4: 0.20},
         "tied_lo": {0: 0.25, 1: 0.45, 2: 0.15, 3: 0.40, 4: 0.20},
     }
-    apart = {"strong": {s: 0.80 + 0.01 * s for s in range(5)}, "weak": {s: 0.50 + 0.01 * s for s in range(5)}}
-    reference = results({**close, **apart})
+    reference = results({**close, **SEPARATED})
     # fresh: the tied pair swaps (means 0.31 vs 0.29 -> 0.29 vs 0.31), so does the separated one (0.82 vs 0.52 -> 0.4 vs 0.6)
     fresh = results(
         {
@@ -163,14 +166,12 @@ def test_an_order_flip_is_resolved_only_when_the_reference_separated_the_pair():
 
 
 def test_compare_two_results_files_from_the_command_line(tmp_path, capsys):
-    reference = results(
-        {"a": {s: 0.80 + 0.01 * s for s in range(5)}, "b": {s: 0.50 + 0.01 * s for s in range(5)}}
-    )
+    reference = results(SEPARATED)
     ref, same, swapped = tmp_path / "ref.json", tmp_path / "same.json", tmp_path / "swapped.json"
     ref.write_text(json.dumps(reference))
     same.write_text(json.dumps(reference))
     swapped.write_text(
-        json.dumps(results({"a": {s: 0.4 for s in range(5)}, "b": {s: 0.6 for s in range(5)}}))
+        json.dumps(results({"strong": {s: 0.4 for s in range(5)}, "weak": {s: 0.6 for s in range(5)}}))
     )
     assert main(["compare", str(same), str(ref)]) == 0
     out = capsys.readouterr().out
