@@ -65,7 +65,7 @@ def generate(
         greedy = torch.tensor([j == 0 for _ in part for j in range(per_prompt)])
         roll = sample(
             policy.model,
-            [ids for ex in part for ids in [policy.encode_prompt(ex.prompt)] * per_prompt],
+            [ids for ex in part for ids in [policy.encode_prompt(ex.prompt, ex.messages)] * per_prompt],
             max_new_tokens=max_new_tokens,
             eos_id=policy.stop_ids,
             pad_id=policy.pad_id,

@@ -7,6 +7,7 @@ full fine-tuning it is a frozen copy, made only when beta > 0.
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,10 +63,13 @@ class Policy:
         pad = self.tokenizer.pad_token_id
         return int(pad if pad is not None else self.tokenizer.eos_token_id)
 
-    def encode_prompt(self, prompt: str) -> list[int]:
+    def encode_prompt(self, prompt: str, messages: Sequence[tuple[str, str]] | None = None) -> list[int]:
+        """Token ids of a prompt. ``messages`` (an Example's chat turns): rendered by the chat template in its
+        place when there is one; without a template the plain text ``prompt`` is encoded."""
         if self.use_chat_template:
-            messages = [{"role": "user", "content": prompt}]
-            ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+            turns = messages or [("user", prompt)]
+            chat = [{"role": role, "content": content} for role, content in turns]
+            ids = self.tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True)
             return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
         ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
         bos = self.tokenizer.bos_token_id

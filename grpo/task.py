@@ -30,6 +30,10 @@ class Example:
     """The full supervised completion used by `pretrain` (worked steps + answer + end marker)."""
     meta: dict[str, Any] = field(default_factory=dict)
     """Task-specific data the verifier needs (e.g. countdown's numbers and target)."""
+    messages: tuple[tuple[str, str], ...] | None = None
+    """A chat prompt's (role, content) turns (datasets whose prompt is a list of chat messages). The policy
+    renders them with its tokenizer's chat template when it uses one; ``prompt`` is then their plain-text
+    rendering, used where there is no chat template and in logs."""
 
 
 class Task(Protocol):
@@ -62,6 +66,9 @@ class RewardBatch:
     """Completions whose verification was stopped at its deadline (scored 0)."""
     errors: dict[str, int] = field(default_factory=dict)
     """Completions whose verification raised, by exception type (scored 0)."""
+    parts: dict[str, tuple[float, int, int]] = field(default_factory=dict)
+    """A reward made of several named functions: per name, (sum of its values, completions it scored,
+    completions it gave no reward); logged as ``train/reward/<name>`` (the mean) and ``train/reward/<name>/none``."""
 
 
 def score_completions(task: Task, examples: Sequence[Example], completions: Sequence[str]) -> RewardBatch:

@@ -123,7 +123,7 @@ def sample_groups(
     policy.model.eval()
     roll = sample(
         policy.model,
-        [ids for ex in examples for ids in [policy.encode_prompt(ex.prompt)] * group_size],  # encoded once
+        [ids for ex in examples for ids in [policy.encode_prompt(ex.prompt, ex.messages)] * group_size],
         max_new_tokens=sampling.max_new_tokens,
         eos_id=policy.stop_ids,
         pad_id=policy.pad_id,
@@ -140,6 +140,9 @@ def sample_groups(
         "train/reward_timeouts": float(scored.timeouts),
         "train/reward_errors": float(sum(scored.errors.values())),
     }
+    for name, (total, n, none) in scored.parts.items():  # summed over sampling rounds; mean taken in step()
+        stats.update({f"train/reward/{name}": total, f"train/reward/{name}/n": n})
+        stats[f"train/reward/{name}/none"] = none
     rewards = torch.tensor(scored.rewards, dtype=torch.float32)
     group_ids = torch.arange(len(examples)).repeat_interleave(group_size)
     return Batch(roll, flat, texts, rewards, group_ids, stats)
@@ -239,7 +242,7 @@ class Trainer:
         g, s = self.cfg.algo.group_size, self.cfg.sampling
         batch = sample_groups(self.policy, self.task, examples, g, s, self.generators["sampling"])
         for key, value in batch.reward_stats.items():
-            self.reward_log[key] += value
+            self.reward_log[key] = self.reward_log.get(key, 0.0) + value
         return batch
 
     def rollout(self) -> tuple[Batch, dict[str, float]]:
@@ -403,6 +406,8 @@ class Trainer:
         batch, metrics = self.rollout()
         t_rollout = time.perf_counter() - t0
         metrics.update(self.reward_log)
+        for key in [k for k in metrics if k.startswith("train/reward/") and k + "/n" in metrics]:
+            metrics[key] /= max(metrics.pop(key + "/n"), 1.0)  # a reward function's mean over its samples
 
         facts = self.facts(batch, step)
         credit = TokenCredit.grpo_default(facts)

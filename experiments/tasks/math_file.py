@@ -1,9 +1,12 @@
-"""``math_file``: math problems from a local JSONL (or JSON array, or parquet) file, graded by math-verify.
+"""``math_file``: math problems from a local file, graded by math-verify (or by reward functions of one's own).
 
-Every row is validated when the task is built (before any training): a row that is not a JSON object, lacks
-``prompt_field`` / ``answer_field``, has a non-string prompt, or an answer that is not a string or a number
-raises ``ValueError`` naming the file and the 1-based row number (the line number for JSONL). A missing file
-raises ``FileNotFoundError`` naming the path.
+Files (``experiments/datasets.py``): JSONL, a JSON array, parquet (verl's RL schema included: chat-message
+``prompt``, ``answer_field=reward_model.ground_truth``; preset ``task=verl_file``), or a directory written by
+``datasets``' ``save_to_disk`` (``split`` names the split of a DatasetDict). Every row is validated when the task
+is built (before any training): a row that is not an object, lacks ``prompt_field`` / ``answer_field``, has an
+empty prompt or a malformed message list, or an answer that is not a string or a number raises ``ValueError``
+naming the file and the 1-based row number (the line number for JSONL). A missing file raises
+``FileNotFoundError`` naming the path.
 
 Prompt: ``prompt_template`` with the literal placeholder ``{prompt}`` replaced by the problem text (plain
 substitution, not ``str.format``, so LaTeX braces in the template need no escaping). Target (for SFT):
@@ -14,7 +17,8 @@ prompt text also occurs in the test file; otherwise a stable hash of the prompt 
 ``test_fraction`` of the problems to the test split. ``n_test`` then caps the test split (a ``test_seed``-ed
 sample, kept in file order; ``None`` keeps all of it); rows dropped by the cap never join the train split.
 
-Reward: the content of the last ``\\boxed{...}`` in the completion (fallback: the last number) is parsed by
+Reward: with ``reward_fn`` (import paths of TRL-signature functions, weighted by ``reward_weights``), their
+weighted sum, computed in worker processes (``experiments/rewards.py``). Otherwise the content of the last ``\\boxed{...}`` in the completion (fallback: the last number) is parsed by
 ``math_verify.parse`` and compared with the parsed reference answer by ``math_verify.verify``; 1.0 if they
 match, else 0.0; never an exception, never ``eval`` (only math-verify's LaTeX extractor runs: its default
 expression extractor would pass text to sympy's ``parse_expr``, which evaluates Python).
@@ -30,23 +34,26 @@ once. A verification that raises scores 0 and is logged with the exception's typ
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from collections.abc import Sequence
+from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from experiments.datasets import DEFAULT_PROMPT_TEMPLATE, RowFormat, load_examples
 from experiments.tasks.common import check_bounded_text, in_test_pool
 from experiments.tasks.registry import register_task
 from experiments.tasks.workers import VerifierPool
 from grpo.task import Example, RewardBatch
 
-DEFAULT_PROMPT_TEMPLATE = "{prompt}\nPlease reason step by step, and put your final answer within \\boxed{}."
 MAX_ANSWER_CHARS = 1000
 MAX_COMPLETION_CHARS = 200_000
 _NUMBER_RE = re.compile(r"-?[0-9]+(?:\.[0-9]+)?(?:/[0-9]+)?")
+ANSWER_EXTRACTIONS = ("boxed_or_number", "boxed", "last_number")
+"""How the answer is found in a completion: the last \\boxed{} else the last number; only the last \\boxed{};
+only the last number."""
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
 
 
@@ -67,83 +74,6 @@ def last_boxed(text: str) -> str | None:
                         return content
                     break
     return None
-
-
-def _read_rows(path: Path) -> list[tuple[int, Any]]:
-    """(1-based row number, decoded row) pairs; undecodable rows raise ValueError naming file and row."""
-    if not path.is_file():
-        raise FileNotFoundError(f"math_file: no such file: {path}")
-    if path.suffix.lower() == ".parquet":
-        try:
-            import pyarrow.parquet as pq
-        except ImportError as exc:  # pragma: no cover - pyarrow is an optional extra
-            raise ImportError(
-                f"math_file: reading {path} needs pyarrow (pip install quadrl[parquet])"
-            ) from exc
-        return list(enumerate(pq.read_table(path).to_pylist(), start=1))
-    text = path.read_text(encoding="utf-8")
-    if text.lstrip().startswith("["):  # a JSON array of rows
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"math_file: {path}: not valid JSON ({exc})") from exc
-        return list(enumerate(rows, start=1))
-    out: list[tuple[int, Any]] = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            out.append((number, json.loads(line)))
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"math_file: {path}: row {number} is not valid JSON ({exc.msg})") from exc
-    return out
-
-
-def _to_example(
-    path: Path,
-    number: int,
-    row: Any,
-    *,
-    prompt_field: str,
-    answer_field: str,
-    solution_field: str | None,
-    template: str,
-) -> Example:
-    def bad(why: str) -> ValueError:
-        return ValueError(f"math_file: {path}: row {number}: {why}")
-
-    if not isinstance(row, dict):
-        raise bad(f"expected a JSON object, got {type(row).__name__}")
-    for name in (prompt_field, answer_field) + ((solution_field,) if solution_field else ()):
-        if name not in row:
-            raise bad(f"missing field {name!r} (has {sorted(map(str, row))[:10]})")
-    problem, answer = row[prompt_field], row[answer_field]
-    if not isinstance(problem, str) or not problem.strip():
-        raise bad(f"field {prompt_field!r} must be a non-empty string, got {type(problem).__name__}")
-    if isinstance(answer, bool) or not isinstance(answer, (str, int, float)):
-        raise bad(f"field {answer_field!r} must be a string or a number, got {type(answer).__name__}")
-    answer = str(answer).strip()
-    if not answer:
-        raise bad(f"field {answer_field!r} is empty")
-    if solution_field:
-        solution = row[solution_field]
-        if not isinstance(solution, str):
-            raise bad(f"field {solution_field!r} must be a string, got {type(solution).__name__}")
-    else:
-        solution = "\\boxed{" + answer + "}"
-    return Example(
-        prompt=template.replace("{prompt}", problem),
-        answer=answer,
-        target=solution,
-        meta={"problem": problem, "row": number, "file": str(path)},
-    )
-
-
-def _load(path: Path, **kwargs: Any) -> list[Example]:
-    examples = [_to_example(path, number, row, **kwargs) for number, row in _read_rows(path)]
-    if not examples:
-        raise ValueError(f"math_file: {path} has no rows")
-    return examples
 
 
 @lru_cache(maxsize=65536)
@@ -178,7 +108,8 @@ def verify_answer(answer: str, predicted: str) -> bool:
 
 @register_task("math_file")
 class MathFileTask:
-    """Math problems from ``path`` (JSONL / JSON array / parquet), reward by math-verify."""
+    """Math problems from ``path`` (JSONL / JSON array / parquet / verl parquet / ``save_to_disk`` directory,
+    ``experiments/datasets.py``), reward by math-verify or by ``reward_fn`` (``experiments/rewards.py``)."""
 
     name = "math_file"
 
@@ -198,9 +129,18 @@ class MathFileTask:
         timeout_seconds: int = 5,
         verify_workers: int | None = None,
         max_new_tokens: int = 1024,
+        split: str | None = None,
+        test_split: str | None = None,
+        answer_extraction: str = "boxed_or_number",
+        reward_fn: str | list[str] | None = None,
+        reward_weights: list[float] | None = None,
     ):
-        if "{prompt}" not in prompt_template:
-            raise ValueError(f"math_file: prompt_template must contain '{{prompt}}', got {prompt_template!r}")
+        if answer_extraction not in ANSWER_EXTRACTIONS:
+            raise ValueError(
+                f"math_file: answer_extraction must be one of {list(ANSWER_EXTRACTIONS)}, got {answer_extraction!r}"
+            )
+        if reward_weights is not None and reward_fn is None:
+            raise ValueError("math_file: reward_weights needs reward_fn")
         if test_path is None and not 0.0 < test_fraction < 1.0:
             raise ValueError(f"math_file: test_fraction must be in (0, 1), got {test_fraction}")
         if n_test is not None and n_test < 1:
@@ -220,15 +160,17 @@ class MathFileTask:
             preload=("math_verify.grader", "math_verify.parser"),
         )
         self.max_new_tokens = int(max_new_tokens)
-        fields = {
-            "prompt_field": prompt_field,
-            "answer_field": answer_field,
-            "solution_field": solution_field,
-            "template": prompt_template,
-        }
-        rows = _load(self.path, **fields)
+        self.answer_extraction = answer_extraction
+        self.row_format = RowFormat(
+            prompt_field=prompt_field,
+            answer_field=answer_field,
+            solution_field=solution_field,
+            prompt_template=prompt_template,
+            split=split,
+        )
+        rows = load_examples(self.path, self.row_format)
         if self.test_path is not None:
-            test = _load(self.test_path, **fields)
+            test = load_examples(self.test_path, replace(self.row_format, split=test_split or split))
             test_problems = {ex.meta["problem"] for ex in test}
             train = [ex for ex in rows if ex.meta["problem"] not in test_problems]
         else:
@@ -244,6 +186,17 @@ class MathFileTask:
                 "both must be non-empty (add rows, change test_fraction, or give test_path)"
             )
         self._train, self._test = train, test
+        # built last: the import check of user code costs a worker process, worth it only for valid data
+        self.reward_functions = None
+        if reward_fn is not None:
+            from experiments.rewards import RewardFunctions, parse  # it imports this package's workers
+
+            self.reward_functions = RewardFunctions(
+                parse(reward_fn, reward_weights),
+                timeout_s=self.timeout_seconds,
+                workers=verify_workers,
+                source=self.name,
+            )
 
     def train(self) -> Sequence[Example]:
         return self._train
@@ -255,14 +208,16 @@ class MathFileTask:
         text = check_bounded_text(completion, MAX_COMPLETION_CHARS)
         if text is None:
             return None
-        boxed = last_boxed(text)
-        if boxed is not None:
+        boxed = None if self.answer_extraction == "last_number" else last_boxed(text)
+        if boxed is not None or self.answer_extraction == "boxed":
             return boxed
         numbers = _NUMBER_RE.findall(text)
         return numbers[-1] if numbers else None
 
     def rewards(self, examples: Sequence[Example], completions: Sequence[str]) -> RewardBatch:
         """1.0 per completion whose answer math-verify finds equal to its example's, else 0.0, in order."""
+        if self.reward_functions is not None:
+            return self.reward_functions.rewards(examples, completions)
         predicted = [self.extract_answer(c) for c in completions]
         calls = [(ex.answer, p) for ex, p in zip(examples, predicted, strict=True) if p is not None]
         done = self.verifier.map(calls)
