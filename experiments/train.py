@@ -11,7 +11,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from experiments.base_model import (
     teacher_name,
     teacher_recipe,
 )
+from experiments.eval import build_suite, to_config
 from experiments.sweep import parent_run_id, read_swept_keys, sweep_condition
 from experiments.tasks import Task, make_task
 from experiments.tracking import Tracker, flatten, git_commit, provenance
@@ -41,6 +42,7 @@ from grpo.credit import Intervention, build_intervention
 from grpo.decode import fast_path_blocker
 from grpo.facts import check_config as check_fact_requirements
 from grpo.model import load_policy, load_teacher, resolve_device
+from grpo.suite import Benchmark
 from grpo.trainer import Trainer
 from runrecord import (
     BASE_MODEL_TAG,
@@ -151,12 +153,14 @@ class Checked:
     intervention_params: dict[str, Any]
     intervention: Intervention
     task: Task
+    suite: list[Benchmark] = field(default_factory=list)
+    """eval.suite's benchmarks, their files read and checked."""
 
 
 def check(raw: DictConfig) -> Checked:
     """Every value, the intervention and the task's data, checked before any model exists; ConfigError if
     one is refused."""
-    cfg: QuadrlConfig = OmegaConf.to_object(raw)  # type: ignore[assignment]
+    cfg = to_config(raw)
     validate(cfg)
     task_params: dict[str, Any] = OmegaConf.to_container(raw.task, resolve=True)  # type: ignore[assignment]
     intervention_params: dict[str, Any] = OmegaConf.to_container(raw.intervention, resolve=True)  # type: ignore[assignment]
@@ -175,7 +179,8 @@ def check(raw: DictConfig) -> Checked:
         task = make_task(**task_params)
     except (ValueError, FileNotFoundError) as exc:  # an unknown parameter, a missing file, a malformed row
         raise ConfigError(str(exc)) from exc
-    return Checked(cfg, task_params, intervention_params, intervention, task)
+    suite = build_suite(cfg.eval.suite, task, task_params)
+    return Checked(cfg, task_params, intervention_params, intervention, task, suite)
 
 
 def process_age() -> float | None:
@@ -265,7 +270,9 @@ def run(raw: DictConfig) -> dict[str, float]:
                 {"quadrl.teacher": built.tag, **_built_accuracy("quadrl.teacher_accuracy", built.path)}
             )
             teacher = load_teacher(cfg.model, built.path, policy.tokenizer)
-        trainer = Trainer(cfg, policy, task, intervention, tracker, run_dir, teacher=teacher)
+        trainer = Trainer(
+            cfg, policy, task, intervention, tracker, run_dir, teacher=teacher, suite=checked.suite
+        )
         if state is not None:
             trainer.load_checkpoint(state)
         setup = {"perf/setup_s": time.perf_counter() - entered}  # MLflow run, base model, policy load

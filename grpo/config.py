@@ -11,6 +11,7 @@ from typing import Any, Literal, get_args
 
 from hydra.core.config_store import ConfigStore
 
+from grpo.benchmark import BenchmarkConfig, validate_suite
 from grpo.checks import ConfigError
 from grpo.loss import KLEstimator, LossAggregation
 from grpo.optimizer import OptimizerName
@@ -198,6 +199,14 @@ class EvalConfig:
     """Sampling temperature for avg@k / pass@k."""
     batch_size: int = 256
     """Sequences generated at once during evaluation."""
+    suite: list[BenchmarkConfig] = field(default_factory=list)
+    """Benchmarks evaluated besides the test split, each logged as ``eval/<name>/<metric>``, with their aggregate
+    ``eval/suite/mean`` (grpo/suite.py); empty: none. Preset: ``+eval=paper_math`` (conf/eval/paper_math.yaml)."""
+    paths: dict[str, str] = field(default_factory=dict)
+    """Named local paths a suite refers to (``path: ${eval.paths.aime24}``), so that a preset's ``???`` files are
+    given by name: ``eval.paths.aime24=/data/aime24.parquet``."""
+    checkpoint: str | None = None
+    """``quadrl-eval`` only: a training run's directory whose checkpoint is evaluated (null: the model as loaded)."""
 
 
 @dataclass
@@ -396,6 +405,7 @@ def validate(cfg: QuadrlConfig) -> None:
         all(1 <= k <= e.n_samples for k in e.pass_k) or e.n_samples == 0,
         f"eval.pass_k values must be in [1, eval.n_samples={e.n_samples}], got {list(e.pass_k)}",
     )
+    validate_suite(e.suite)
     if a.advantage == "teacher":
         _validate_distillation(a)
     _check(cfg.diagnostics.every >= 0, f"diagnostics.every must be >= 0, got {cfg.diagnostics.every}")

@@ -51,18 +51,21 @@ def generate(
     temperature: float,
     batch_size: int,
     generator: torch.Generator | None,
+    top_p: float = 1.0,
+    greedy_row: bool = True,
 ) -> tuple[list[Completion], list[list[Completion]]]:
-    """For each example one greedy completion and ``samples`` sampled ones, scored by the task's verifier.
+    """For each example one greedy completion (none with ``greedy_row=False``) and ``samples`` sampled ones
+    (nucleus ``top_p``), scored by the task's verifier.
 
     All of them come from one batched pass: each prompt's 1 + ``samples`` rows share its prefill, and a batch
     holds as many whole prompts as fit in ``batch_size`` rows (at least one).
     """
-    per_prompt = 1 + samples
+    per_prompt = int(greedy_row) + samples
     chunk = max(1, batch_size // per_prompt)
     texts: list[str] = []
     for start in range(0, len(examples), chunk):
         part = examples[start : start + chunk]
-        greedy = torch.tensor([j == 0 for _ in part for j in range(per_prompt)])
+        greedy = torch.tensor([greedy_row and j == 0 for _ in part for j in range(per_prompt)])
         roll = sample(
             policy.model,
             [ids for ex in part for ids in [policy.encode_prompt(ex.prompt, ex.messages)] * per_prompt],
@@ -70,6 +73,7 @@ def generate(
             eos_id=policy.stop_ids,
             pad_id=policy.pad_id,
             temperature=temperature,
+            top_p=top_p,
             greedy=greedy if samples else True,
             generator=generator,
         )
@@ -82,7 +86,7 @@ def generate(
         Completion(ex, t, r, task.extract_answer(t)) for ex, t, r in zip(flat, texts, rewards, strict=True)
     ]
     groups = [completions[i * per_prompt : (i + 1) * per_prompt] for i in range(len(examples))]
-    return [g[0] for g in groups], [g[1:] for g in groups]
+    return [g[0] for g in groups] if greedy_row else [], [g[int(greedy_row) :] for g in groups]
 
 
 def evaluate(

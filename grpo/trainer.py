@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from grpo.optimizer import StepNorms, build_optimizer, optimizer_step
 from grpo.probe import credit_summary, probe_credit
 from grpo.quadrants import quadrant_stats, split_quadrants
 from grpo.rollout import Rollout, response_logprobs, sample
+from grpo.suite import Benchmark, evaluate_suite
 from grpo.task import Example, Task, score_completions
 
 
@@ -178,8 +180,10 @@ class Trainer:
         tracker: MetricsSink,
         run_dir: Path,
         teacher: torch.nn.Module | None = None,
+        suite: Sequence[Benchmark] = (),
     ):
         self.cfg, self.policy, self.task, self.intervention = cfg, policy, task, intervention
+        self.suite = list(suite)  # eval.suite's benchmarks, built by the app (they read files)
         self.tracker, self.run_dir, self.teacher = tracker, run_dir, teacher
         check_model(cfg, intervention, policy, teacher)  # refuse missing requirements before any rollout
         self.train_examples = task.train()  # a lazy Sequence: built-in splits hold 10^6 generated items
@@ -522,6 +526,16 @@ class Trainer:
         )
         rows = [{"prompt": c.example.prompt, "completion": c.text, "reward": c.reward} for c in greedy[:32]]
         self.tracker.log_table(rows, f"eval_samples/step_{step:06d}.json")
+        if self.suite:
+            suite_metrics, _ = evaluate_suite(
+                self.policy,
+                self.suite,
+                max_new_tokens=self.cfg.sampling.max_new_tokens,
+                batch_size=self.cfg.eval.batch_size,
+                seed=self.cfg.seed,
+                step=step,
+            )
+            metrics.update(suite_metrics)
         now = time.perf_counter()
         self.eval_seconds += now - t0
         started = t0 if self.run_started is None else self.run_started

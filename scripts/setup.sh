@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 constraints=${QUADRL_CONSTRAINTS-constraints-cpu.txt}
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-args=(-q -e ".[dev]")
+args=(-q -e ".[dev,datasets]")
 [ -n "$constraints" ] && args+=(-c "$constraints")
 .venv/bin/python -m pip install "${args[@]}"
 .venv/bin/python -c "import torch, transformers, peft, mlflow, hydra, submitit; print('quadrl set up: torch', torch.__version__, '| transformers', transformers.__version__)"
