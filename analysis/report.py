@@ -43,6 +43,7 @@ from analysis.stats import (
     change_from_start,
     compare_pairs,
     pass_at_k_metrics,
+    suite_metrics,
     summarise,
     usable_runs,
 )
@@ -188,7 +189,7 @@ def analyse(opts: ReportOptions) -> Report:
     main = summarise(runset.runs, runset.history, metric, target=opts.target, **kw)
     extra = [
         summarise(runset.runs, runset.history, m, **kw)
-        for m in pass_at_k_metrics(runset.metric_names)
+        for m in pass_at_k_metrics(runset.metric_names) + suite_metrics(runset.metric_names)
         if m != metric
     ]
     extra_kinds = ("missing_metric", "too_few_seeds")  # shown in the pass@k tables' flags; not repeated

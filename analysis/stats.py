@@ -224,6 +224,23 @@ def holm(pvalues: Sequence[float]) -> np.ndarray:
     return out
 
 
+_SUITE = re.compile(r"^eval/([^/]+)/(mean|accuracy|avg_at_(\d+)|pass_at_(\d+))$")
+
+
+def suite_metrics(metric_names: Sequence[str]) -> list[str]:
+    """An evaluation suite's metrics among the names (``eval/<benchmark>/<metric>``, grpo/suite.py): the aggregate
+    ``eval/suite/mean`` first, then per benchmark (by name) its accuracy, avg@k and pass@k by k."""
+    kinds = {"mean": 0, "accuracy": 1}
+    found = []
+    for name in metric_names:
+        m = _SUITE.match(name)
+        if m:
+            kind = kinds.get(m.group(2), 2 if m.group(3) else 3)
+            k = int(m.group(3) or m.group(4) or 0)
+            found.append((m.group(1) != "suite", m.group(1), kind, k, name))
+    return [entry[-1] for entry in sorted(found)]
+
+
 def pass_at_k_metrics(metric_names: Sequence[str]) -> list[str]:
     """The pass@k metrics among the names (``eval/pass@k``, ``eval/pass_at_k``, ...), sorted by k."""
     found = [(int(m.group(1)), name) for name in metric_names if (m := _PASS_AT_K.match(name))]

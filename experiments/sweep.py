@@ -79,8 +79,10 @@ def sweep_condition(overrides: Sequence[str], swept: Sequence[str]) -> str:
     return condition_of(o for o in overrides if override_key(o) in swept)
 
 
-def comparison_view(parent: str) -> dict[str, Any]:
-    """The shared view that compares a sweep's conditions: the runs page's search facets and chart state."""
+def comparison_view(parent: str, charts: str = "eval/accuracy") -> dict[str, Any]:
+    """The shared view that compares a sweep's conditions: the runs page's search facets and chart state, the
+    charts filtered to names containing ``charts`` (``eval/`` for a sweep with an evaluation suite: every
+    benchmark's ``eval/<name>/*`` and ``eval/suite/mean`` beside ``eval/accuracy``)."""
     return {
         "searchFilter": f"tags.`{PARENT_TAG}` = '{parent}'",
         "orderByKey": "attributes.start_time",
@@ -93,7 +95,7 @@ def comparison_view(parent: str) -> dict[str, Any]:
             "aggregateFunction": "average",
             "groupByKeys": [{"mode": "tag", "groupByData": SWEEP_CONDITION_TAG}],
         },
-        "chartsSearchFilter": "eval/accuracy",
+        "chartsSearchFilter": charts,
     }
 
 
@@ -162,7 +164,8 @@ class SweepTracking(Callback):
             experiment_id, run_name=f"sweep-{sweep_dir.parent.name}-{sweep_dir.name}", tags=tags
         )
         parent = run.info.run_id
-        view = json.dumps(comparison_view(parent))
+        suite = (config.get("eval") or {}).get("suite")
+        view = json.dumps(comparison_view(parent, "eval/" if suite else "eval/accuracy"))
         client.set_experiment_tag(experiment_id, SHARED_VIEW_TAG_PREFIX + share_key(parent), view)
         try:
             (sweep_dir / SWEPT_FILE).write_text(json.dumps(swept_keys(config)))
