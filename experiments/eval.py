@@ -34,7 +34,7 @@ from grpo import checkpoint
 from grpo.benchmark import BenchmarkConfig
 from grpo.checks import ConfigError
 from grpo.config import QuadrlConfig, register_configs, validate
-from grpo.model import load_policy
+from grpo.model import Policy, load_policy
 from grpo.suite import Benchmark, evaluate_suite
 from runrecord import BASE_MODEL_TAG, OVERRIDES_TAG
 
@@ -82,9 +82,38 @@ def to_config(raw: DictConfig) -> QuadrlConfig:
         raise ConfigError(f"{key} is not set (it is ??? in the config: give it a value)") from exc
 
 
+def checkpoint_state(key: str, run_dir: str | None) -> dict[str, Any] | None:
+    """The state of the training checkpoint in ``run_dir`` (None when not given), refused naming ``key`` when
+    there is none."""
+    if not run_dir:
+        return None
+    state = checkpoint.load(Path(run_dir).expanduser())
+    if state is None:
+        raise ConfigError(
+            f"{key}={run_dir!r}: no {checkpoint.CHECKPOINT_DIR}/{checkpoint.STATE_FILE} there (give the run "
+            "directory of a training run)"
+        )
+    return state
+
+
+def load_run_policy(
+    cfg: QuadrlConfig, task_params: dict[str, Any], state: dict[str, Any] | None, tracker: Tracker
+) -> Policy:
+    """The run's model (a local directory or the built-in base, tagged on the tracker's run), with a training
+    checkpoint's trainable weights when ``state`` is given."""
+    from experiments.train import base_model  # the app's model resolution, one copy
+
+    base = base_model(cfg, task_params)
+    tracker.set_tags({BASE_MODEL_TAG: base.tag})
+    policy = load_policy(cfg.model, base.path, need_reference=False, seed=cfg.seed)
+    if state is not None:
+        policy.load_trainable_state(state["model"])
+    return policy
+
+
 def run(raw: DictConfig) -> dict[str, float]:
     """Check, load, evaluate, log. Returns the suite's metrics."""
-    from experiments.train import base_model, job_overrides  # the app layer's model resolution, one copy
+    from experiments.train import job_overrides
 
     cfg = to_config(raw)
     validate(cfg)
@@ -98,14 +127,7 @@ def run(raw: DictConfig) -> dict[str, float]:
     except (ValueError, FileNotFoundError) as exc:
         raise ConfigError(str(exc)) from exc
     suite = build_suite(cfg.eval.suite, task, task_params)
-    state = None
-    if cfg.eval.checkpoint:
-        state = checkpoint.load(Path(cfg.eval.checkpoint).expanduser())
-        if state is None:
-            raise ConfigError(
-                f"eval.checkpoint={cfg.eval.checkpoint!r}: no {checkpoint.CHECKPOINT_DIR}/{checkpoint.STATE_FILE} "
-                "there (give the run directory of a training run)"
-            )
+    state = checkpoint_state("eval.checkpoint", cfg.eval.checkpoint)
     max_new_tokens = cfg.sampling.max_new_tokens or int(task.max_new_tokens)
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
@@ -125,13 +147,8 @@ def run(raw: DictConfig) -> dict[str, float]:
     tracker.start(None, name, flatten(OmegaConf.to_container(raw, resolve=True)), tags)
     status = "FAILED"
     try:
-        base = base_model(cfg, task_params)
-        tracker.set_tags({BASE_MODEL_TAG: base.tag})
-        policy = load_policy(cfg.model, base.path, need_reference=False, seed=cfg.seed)
-        step = 0
-        if state is not None:
-            policy.load_trainable_state(state["model"])
-            step = int(state["next_step"])
+        policy = load_run_policy(cfg, task_params, state, tracker)
+        step = 0 if state is None else int(state["next_step"])
         metrics, completions = evaluate_suite(
             policy,
             suite,

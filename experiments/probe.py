@@ -26,18 +26,17 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from experiments import scoreboard as board
+from experiments.eval import checkpoint_state as run_checkpoint
+from experiments.eval import load_run_policy
 from experiments.probe_report import Section, write_report
 from experiments.tasks import make_task
 from experiments.tasks.fork import agreement, as_probe
 from experiments.tracking import Tracker, flatten, git_commit
-from experiments.train import base_model, job_overrides
-from grpo import checkpoint
-from grpo.checks import ConfigError
+from experiments.train import job_overrides
 from grpo.config import QuadrlConfig, register_configs, validate
-from grpo.model import load_policy
 from grpo.probe import CreditProbe, ProbePlan, credit_summary, probe_credit, share_intervals
 from grpo.trainer import sample_groups
-from runrecord import BASE_MODEL_TAG, OVERRIDES_TAG
+from runrecord import OVERRIDES_TAG
 
 register_configs()
 
@@ -59,16 +58,7 @@ def responses(probe: CreditProbe) -> list[list[int]]:
 
 def checkpoint_state(cfg: QuadrlConfig) -> dict[str, Any] | None:
     """The training checkpoint ``probe.checkpoint`` names, refused by name when it holds none."""
-    if not cfg.probe.checkpoint:
-        return None
-    run_dir = Path(cfg.probe.checkpoint).expanduser()
-    state = checkpoint.load(run_dir)
-    if state is None:
-        raise ConfigError(
-            f"probe.checkpoint={cfg.probe.checkpoint!r}: no {checkpoint.CHECKPOINT_DIR}/{checkpoint.STATE_FILE} "
-            "there (give the run directory of a training run)"
-        )
-    return state
+    return run_checkpoint("probe.checkpoint", cfg.probe.checkpoint)
 
 
 def run(raw: DictConfig) -> dict[str, float]:
@@ -101,11 +91,7 @@ def run(raw: DictConfig) -> dict[str, float]:
     tracker.start(None, name, flatten(OmegaConf.to_container(raw, resolve=True)), tags)
     status = "FAILED"
     try:
-        base = base_model(cfg, task_params)
-        tracker.set_tags({BASE_MODEL_TAG: base.tag})
-        policy = load_policy(cfg.model, base.path, need_reference=False, seed=cfg.seed)
-        if state is not None:
-            policy.load_trainable_state(state["model"])
+        policy = load_run_policy(cfg, task_params, state, tracker)
         generator = torch.Generator().manual_seed(cfg.seed)
         batch = sample_groups(policy, task, examples, p.group_size, cfg.sampling, generator)
         bar = None

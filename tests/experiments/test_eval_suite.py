@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +16,8 @@ from experiments.eval import run as eval_run
 from experiments.tasks import make_task
 from experiments.train import run as train_run
 from grpo.checks import ConfigError
-from tests.conftest import REPO, compose_config
+from tests.conftest import compose_config
+from tests.experiments.test_entry_points import entry_point, one_line_refusal
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see tests/conftest.py
 
@@ -173,17 +172,11 @@ def test_refusals_are_one_line(tmp_path):
                 f"+eval.suite=[{{name: x, path: '{a}'}}]",
             )
         )
-    done = subprocess.run(
-        [sys.executable, "-m", "experiments.eval", "task=arith", "tracking=off", "+eval=paper_math"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 2
-    assert done.stderr.strip().splitlines()[-1] == (
+    refused = entry_point("quadrl-eval", "task=arith", "tracking=off", "+eval=paper_math", cwd=tmp_path)
+    assert one_line_refusal(refused, "quadrl-eval") == (
         "quadrl-eval: error: eval.paths.aime24 is not set (it is ??? in the config: give it a value)"
     )
+    assert refused.returncode == 2
 
 
 def test_paper_preset_lists_the_papers_six_benchmarks():
