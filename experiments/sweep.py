@@ -99,6 +99,13 @@ def comparison_view(parent: str, charts: str = "eval/accuracy") -> dict[str, Any
     }
 
 
+def charts_filter(config: DictConfig) -> str:
+    """What the comparison view's charts show: ``eval/accuracy``, or every ``eval/`` metric when the sweep's
+    config has an evaluation suite (its per-benchmark metrics and ``eval/suite/mean``)."""
+    suite = (config.get("eval") or {}).get("suite")
+    return "eval/" if suite else "eval/accuracy"
+
+
 def share_key(parent: str) -> str:
     return f"quadrl-sweep-{parent}"
 
@@ -164,8 +171,7 @@ class SweepTracking(Callback):
             experiment_id, run_name=f"sweep-{sweep_dir.parent.name}-{sweep_dir.name}", tags=tags
         )
         parent = run.info.run_id
-        suite = (config.get("eval") or {}).get("suite")
-        view = json.dumps(comparison_view(parent, "eval/" if suite else "eval/accuracy"))
+        view = json.dumps(comparison_view(parent, charts_filter(config)))
         client.set_experiment_tag(experiment_id, SHARED_VIEW_TAG_PREFIX + share_key(parent), view)
         try:
             (sweep_dir / SWEPT_FILE).write_text(json.dumps(swept_keys(config)))

@@ -1,4 +1,4 @@
-"""The report and the sweep's MLflow comparison view know an evaluation suite's per-benchmark metrics."""
+"""The report knows an evaluation suite's per-benchmark metrics (a summary table each, the aggregate first)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from mlflow.entities import Metric
 from analysis import report
 from analysis.stats import suite_metrics
 from analysis.synthetic import SyntheticCondition, log_synthetic_sweep
-from experiments.sweep import comparison_view
 
 
 def test_suite_metric_names_in_order():
@@ -79,8 +78,3 @@ def test_report_has_a_table_per_benchmark_metric(tmp_path):
         "### `eval/aime24/avg_at_32`",
         "### `eval/math500/avg_at_4`",
     ]
-
-
-def test_comparison_view_charts_every_eval_metric_with_a_suite():
-    assert comparison_view("p")["chartsSearchFilter"] == "eval/accuracy"
-    assert comparison_view("p", "eval/")["chartsSearchFilter"] == "eval/"

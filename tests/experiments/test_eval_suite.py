@@ -13,6 +13,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from experiments.eval import run as eval_run
+from experiments.sweep import charts_filter, comparison_view
 from experiments.tasks import make_task
 from experiments.train import run as train_run
 from grpo.checks import ConfigError
@@ -198,3 +199,10 @@ def test_paper_preset_lists_the_papers_six_benchmarks():
         ("olympiadbench", 4, 1.0, 0.95),
     ]
     assert suite[3].path == "/data/math500.jsonl"
+
+
+def test_comparison_view_charts_every_eval_metric_with_a_suite():
+    plain = compose_config("task=arith")
+    suite = compose_config("task=arith", "+eval.suite=[{name: a, path: a.jsonl, k: 4}]")
+    assert comparison_view("p", charts_filter(plain))["chartsSearchFilter"] == "eval/accuracy"
+    assert comparison_view("p", charts_filter(suite))["chartsSearchFilter"] == "eval/"
