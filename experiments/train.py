@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -200,6 +201,9 @@ def run(raw: DictConfig) -> dict[str, float]:
     world = distributed.env_world()
     distributed.check_config(cfg, world)
     world = distributed.init(resolve_device(cfg.model.device), cfg.train.collective_timeout_s)
+    if world.active and "TORCHELASTIC_RUN_ID" in os.environ:
+        # torchrun stops the other ranks with SIGTERM when one fails: raise, so that the run is marked FAILED
+        signal.signal(signal.SIGTERM, _peer_failed)
     # null budget = the task's own; written back to the raw config so the params and config.yaml show it
     if cfg.sampling.max_new_tokens is None:
         cfg.sampling.max_new_tokens = raw.sampling.max_new_tokens = int(task.max_new_tokens)
@@ -294,6 +298,14 @@ def run(raw: DictConfig) -> dict[str, float]:
     if world.active:
         distributed.shutdown()
     return final
+
+
+class PeerFailed(RuntimeError):
+    """torchrun stopped this rank because another rank of the run failed."""
+
+
+def _peer_failed(signum: int, frame: object) -> None:
+    raise PeerFailed("stopped by torchrun (SIGTERM): another rank of this run failed")
 
 
 def mark_failed(cfg: QuadrlConfig, run_id: str | None) -> None:

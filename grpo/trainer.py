@@ -443,8 +443,9 @@ class Trainer:
         facts = self.facts(batch, step)
         if self.world.active:  # every rank now holds the global batch's facts: the credit is global
             facts = dist_.gather_facts(facts, self.world)
-            informative = informative_groups(facts.rewards, facts.group_ids)
-            metrics["train/groups_informative"] = float(informative.float().mean())
+            if "train/groups_informative" in metrics:  # the share over all ranks' groups, not this rank's
+                informative = informative_groups(facts.rewards, facts.group_ids)
+                metrics["train/groups_informative"] = float(informative.float().mean())
         credit = TokenCredit.grpo_default(facts)
         if self.intervention.active(step):
             credit = self.intervention.credit(facts, credit, self.generators["intervention"])

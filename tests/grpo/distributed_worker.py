@@ -1,0 +1,93 @@
+"""One training step of every given intervention on one fixed global batch, in 1 or W processes.
+
+Run as ``python -m tests.grpo.distributed_worker OUT METHOD...`` (one process: today's code path) or under
+``torchrun --nproc_per_node=W -m tests.grpo.distributed_worker OUT METHOD...``. Every rank samples the same global
+batch (same model, seed and thread count) on the unsharded model, keeps its own share of whole groups, and runs
+the real ``Trainer.step``; rank 0 saves, per method, the full gradient of every trainable parameter (gathered from
+the FSDP2 shards) and the step's logged metrics to OUT, for tests/grpo/test_distributed.py to compare.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+
+import interventions
+from experiments.tasks import make_task
+from grpo import distributed
+from grpo.config import QuadrlConfig
+from grpo.credit import build_intervention
+from grpo.metrics import NullSink
+from grpo.model import load_policy
+from grpo.trainer import Batch, Trainer, sample_groups
+from tests.conftest import REPO, compose_config
+
+PROMPTS, GROUP = 4, 4
+NEEDS = {"arca": ["model=tiny_lora", "model.lora.r=4"]}
+"""What a method needs to run at all (ARCA reads the LoRA adapter's residual)."""
+
+
+class FixedBatchTrainer(Trainer):
+    """The real trainer, whose rollout returns this rank's share of a batch sampled beforehand."""
+
+    fixed: Batch
+
+    def rollout(self) -> tuple[Batch, dict[str, float]]:
+        rows = torch.arange(len(self.fixed.rewards))
+        mine = torch.tensor_split(rows, self.world.size)[self.world.rank]
+        return self.fixed.select(mine), {}
+
+
+def one_step(method: str, world: distributed.World, run_dir: Path) -> dict[str, Any]:
+    raw = compose_config(
+        f"intervention={method}",
+        *NEEDS.get(method, ["model=tiny"]),
+        "tracking=off",
+        f"run_dir={run_dir}",
+        f"algo.prompts_per_step={PROMPTS}",
+        f"algo.group_size={GROUP}",
+        "train.steps=1",
+        "train.threads=1",
+        "train.progress=false",
+        "train.log_samples_every=0",
+        "diagnostics.every=0",
+        "model.lora.dropout=0.0",  # dropout masks drawn per rank could not match one process's
+        "model.device=cpu",
+    )
+    cfg: QuadrlConfig = OmegaConf.to_object(raw)  # type: ignore[assignment]
+    task = make_task(**OmegaConf.to_container(raw.task, resolve=True))  # type: ignore[arg-type]
+    cfg.sampling.max_new_tokens = cfg.sampling.max_new_tokens or int(task.max_new_tokens)
+    intervention = build_intervention(OmegaConf.to_container(raw.intervention, resolve=True))  # type: ignore[arg-type]
+    policy = load_policy(cfg.model, REPO / "models" / "arith", need_reference=cfg.algo.beta > 0, seed=0)
+    examples = list(task.train()[i] for i in range(PROMPTS))
+    batch = sample_groups(
+        policy, task, examples, GROUP, cfg.sampling, torch.Generator().manual_seed(1234)
+    )  # before sharding: every rank draws the same global batch
+    trainer = FixedBatchTrainer(cfg, policy, task, intervention, NullSink(), run_dir, world=world)
+    trainer.fixed = batch
+    metrics = trainer.step(0)
+    grads = {}
+    for name, p in policy.model.named_parameters():
+        if p.requires_grad:
+            g = p.grad
+            grads[name] = (g.full_tensor() if hasattr(g, "full_tensor") else g).detach().clone()
+    return {"grads": grads, "metrics": {k: v for k, v in metrics.items() if not k.startswith("perf/")}}
+
+
+def main() -> None:
+    out, methods = Path(sys.argv[1]), sys.argv[2:]
+    torch.set_num_threads(1)
+    interventions.load_all()
+    world = distributed.init(torch.device("cpu"), timeout_s=120)
+    results = {m: one_step(m, world, out.parent / f"run-{m}-{world.rank}") for m in methods}
+    if world.is_main:
+        torch.save(results, out)
+    distributed.shutdown()
+
+
+if __name__ == "__main__":
+    main()
