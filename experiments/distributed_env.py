@@ -21,9 +21,10 @@ def from_slurm(environ: os._Environ | dict[str, str] | None = None) -> bool:
     tasks = int(env.get("SLURM_NTASKS", "1") or 1)
     if tasks <= 1 or "WORLD_SIZE" in env or "SLURM_PROCID" not in env:
         return False
-    import submitit
+    # submitit's parser of SLURM's compressed node lists (node[3-4] -> node3, node4); rank 0 is on the first
+    from submitit.slurm.slurm import _parse_node_list
 
-    hosts = submitit.JobEnvironment().hostnames  # the job's node list, expanded, rank 0's node first
+    hosts = _parse_node_list(env.get("SLURM_JOB_NODELIST", "")) or ["127.0.0.1"]
     job = env.get("SLURM_ARRAY_JOB_ID") or env["SLURM_JOB_ID"]
     task = env.get("SLURM_ARRAY_TASK_ID", "0")
     env.update(
