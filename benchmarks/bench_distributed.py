@@ -66,7 +66,9 @@ def worker(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(1)
     world = distributed.init(torch.device("cpu"), timeout_s=600)
-    hidden, layers = (args.mem_hidden, args.mem_layers) if args.mode == "memory" else (args.hidden, args.layers)
+    hidden, layers = (
+        (args.mem_hidden, args.mem_layers) if args.mode == "memory" else (args.hidden, args.layers)
+    )
     before = rss_mb()
     model = build(hidden, layers)
     n_params = sum(p.numel() for p in model.parameters())
@@ -117,7 +119,9 @@ def contender(args: argparse.Namespace, mode: str, nproc: int) -> list[dict]:
         launcher = [sys.executable]
         if nproc > 1:
             launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-        flags = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("only", "out", "mode")]
+        flags = [
+            f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("only", "out", "mode")
+        ]
         cmd = [*launcher, __file__, "--worker", f"--mode={mode}", f"--out={out}", *flags]
         env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
         subprocess.run(cmd, cwd=REPO, env=env, check=True, capture_output=True, text=True)
@@ -125,7 +129,9 @@ def contender(args: argparse.Namespace, mode: str, nproc: int) -> list[dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--mode", default="scaling", help=argparse.SUPPRESS)
     parser.add_argument("--out", default="", help=argparse.SUPPRESS)

@@ -78,7 +78,8 @@ def test_two_process_run_learns_fails_within_bound_and_resumes_bit_identically(t
     acc = h_s["eval/accuracy"]
     # measured: 0.46 -> 0.695 on the 200 test prompts (binomial s.e. <= 0.035 each)
     assert acc[STEPS] - acc[0] >= 0.1, acc
-    assert sorted(h_s["train/reward_mean"]) == list(range(STEPS))  # one run, every step logged once, by rank 0
+    # one run, every step logged once (by rank 0)
+    assert sorted(h_s["train/reward_mean"]) == list(range(STEPS))
 
     # the same run, rank 1 killed once the step-10 checkpoint is written
     broken_dir, broken_uri = tmp_path / "broken", f"sqlite:///{tmp_path / 'broken.db'}"

@@ -80,7 +80,9 @@ def test_a_distributed_config_is_refused_before_any_model_is_loaded():
     with pytest.raises(ConfigError, match="minibatches=2"):
         distributed.check_config(cfg("algo.prompts_per_step=4", "algo.minibatches=2"), two)
     with pytest.raises(ConfigError, match="dynamic_sampling"):
-        distributed.check_config(cfg("algo=dapo", "algo.prompts_per_step=4", "algo.dynamic_sampling=true"), two)
+        distributed.check_config(
+            cfg("algo=dapo", "algo.prompts_per_step=4", "algo.dynamic_sampling=true"), two
+        )
 
 
 def test_slurm_environment_becomes_torchrun_environment():
