@@ -181,9 +181,16 @@ def my_share(items: list, world: World) -> list:
     return items[world.rank * n : (world.rank + 1) * n]
 
 
+def comm_device() -> torch.device:
+    """Where a collective's tensors must live: this rank's GPU under NCCL, the CPU under gloo."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def max_int(value: int) -> int:
     """The largest ``value`` over ranks."""
-    t = torch.tensor([value], dtype=torch.long)
+    t = torch.tensor([value], dtype=torch.long, device=comm_device())
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return int(t.item())
 
@@ -212,8 +219,7 @@ def pad_rollout(r: Rollout, width: int, pad_id: int) -> Rollout:
 def gather_rows(x: Tensor) -> Tensor:
     """Concatenate every rank's rows (dim 0) in rank order; all ranks hold the same shape (checked)."""
     device = x.device
-    if backend_for(device) == "gloo" and device.type != "cpu":  # e.g. a CPU group with an MPS tensor
-        x = x.cpu()
+    x = x.to(comm_device())  # e.g. CPU rewards under NCCL
     flag = x.dtype == torch.bool
     work = x.to(torch.uint8) if flag else x.contiguous()  # gloo has no bool all-gather
     parts = [torch.empty_like(work) for _ in range(dist.get_world_size())]
@@ -244,9 +250,9 @@ def gather_facts(local: TokenFacts, world: World) -> TokenFacts:
 def all_sum(values: list[float]) -> list[float]:
     """Element-wise sums over ranks (float64: a mean built from them does not depend on the world size's
     float32 rounding)."""
-    t = torch.tensor(values, dtype=torch.float64)
+    t = torch.tensor(values, dtype=torch.float64, device=comm_device())
     dist.all_reduce(t)
-    return t.tolist()
+    return t.cpu().tolist()
 
 
 def gather_objects(obj: Any) -> list[Any]:
