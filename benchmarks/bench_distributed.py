@@ -120,11 +120,15 @@ def contender(args: argparse.Namespace, mode: str, nproc: int) -> list[dict]:
         if nproc > 1:
             launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
         flags = [
-            f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("only", "out", "mode")
+            f"--{k.replace('_', '-')}={v}"
+            for k, v in vars(args).items()
+            if k not in ("only", "out", "mode", "worker")
         ]
         cmd = [*launcher, __file__, "--worker", f"--mode={mode}", f"--out={out}", *flags]
         env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-        subprocess.run(cmd, cwd=REPO, env=env, check=True, capture_output=True, text=True)
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+        if proc.returncode != 0:
+            sys.exit(f"contender {mode} x{nproc} failed:\n{proc.stderr[-3000:]}")
         return json.loads(out.read_text())
 
 
