@@ -13,10 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from mlflow.tracking import MlflowClient
 
 from tests.conftest import REPO
-from tests.experiments.test_train_e2e import history
+from tests.experiments.test_train_e2e import history, only_run
 
 STEPS = 20
 FAIL_BOUND_S = 60.0
@@ -56,13 +55,6 @@ def rank_pid(launcher: subprocess.Popen, rank: int) -> int | None:
         if f"RANK={rank}".encode() in environ:
             return int(pid)
     return None
-
-
-def only_run(uri: str):
-    client = MlflowClient(uri)
-    runs = client.search_runs([client.get_experiment_by_name("quadrl").experiment_id])
-    assert len(runs) == 1, [r.info.run_name for r in runs]
-    return runs[0]
 
 
 @pytest.mark.slow
