@@ -695,7 +695,7 @@ class Trainer:
         if self.next_step == 0 and self.probe_due(0):
             self.tracker.log_metrics(self.probe(0), 0)
         progress = None
-        if cfg.train.progress:
+        if cfg.train.progress and self.world.is_main:  # one bar per run, not per process
             from tqdm import tqdm
 
             progress = tqdm(total=cfg.train.steps, initial=self.next_step, desc="grpo", dynamic_ncols=True)
