@@ -1,7 +1,8 @@
 """One training step of every given intervention on one fixed global batch, in 1 or W processes.
 
-Run as ``python -m tests.grpo.distributed_worker OUT METHOD...`` (one process: today's code path) or under
-``torchrun --nproc_per_node=W -m tests.grpo.distributed_worker OUT METHOD...``. Every rank samples the same global
+Run as ``python -m tests.grpo.distributed_worker OUT SPEC...`` (one process: today's code path) or under
+``torchrun --nproc_per_node=W -m tests.grpo.distributed_worker OUT SPEC...``; a SPEC is a method name, optionally
+with overrides after ``@`` separated by ``;`` (``none@algo=dapo;algo.dynamic_sampling=false``). Every rank samples the same global
 batch (same model, seed and thread count) on the unsharded model, keeps its own share of whole groups, and runs
 the real ``Trainer.step``; rank 0 saves, per method, the full gradient of every trainable parameter (gathered from
 the FSDP2 shards) and the step's logged metrics to OUT, for tests/grpo/test_distributed.py to compare.
@@ -42,7 +43,8 @@ class FixedBatchTrainer(Trainer):
         return self.fixed.select(mine), {}
 
 
-def one_step(method: str, world: distributed.World, run_dir: Path) -> dict[str, Any]:
+def one_step(spec: str, world: distributed.World, run_dir: Path) -> dict[str, Any]:
+    method, _, extra = spec.partition("@")
     raw = compose_config(
         f"intervention={method}",
         *NEEDS.get(method, ["model=tiny"]),
@@ -57,6 +59,7 @@ def one_step(method: str, world: distributed.World, run_dir: Path) -> dict[str, 
         "diagnostics.every=0",
         "model.lora.dropout=0.0",  # dropout masks drawn per rank could not match one process's
         "model.device=cpu",
+        *(o for o in extra.split(";") if o),
     )
     cfg: QuadrlConfig = OmegaConf.to_object(raw)  # type: ignore[assignment]
     task = make_task(**OmegaConf.to_container(raw.task, resolve=True))  # type: ignore[arg-type]
@@ -83,7 +86,7 @@ def main() -> None:
     torch.set_num_threads(1)
     interventions.load_all()
     world = distributed.init(torch.device("cpu"), timeout_s=120)
-    results = {m: one_step(m, world, out.parent / f"run-{m}-{world.rank}") for m in methods}
+    results = {m: one_step(m, world, out.parent / f"run-{i}-{world.rank}") for i, m in enumerate(methods)}
     if world.is_main:
         torch.save(results, out)
     distributed.shutdown()

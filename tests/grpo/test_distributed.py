@@ -1,6 +1,7 @@
 """One process against two (real torch.distributed processes, gloo, FSDP2): the same update on the same batch.
 
-The slow test runs every registered intervention for one step on one fixed global batch, once as a single process
+The slow test runs every registered intervention for one step on one fixed global batch (and, for a few, under DAPO's and Dr. GRPO's loss normalisers, with a KL
+term and with two epochs), once as a single process
 (today's code path) and once under ``torchrun --nproc_per_node=2``, and compares the full gradients and every logged
 metric but timings. Measured on this machine: the largest gradient difference over all methods is ~1e-8 (float
 sums taken in another order: the loss is split into per-rank partial sums, the gradients are reduce-scattered);
@@ -46,6 +47,16 @@ def test_two_processes_give_one_process_update_for_every_method(tmp_path):
 
     interventions.load_all()
     methods = sorted(registered())
+    # the other loss normalisers (DAPO's global token count, Dr. GRPO's B x L), a KL term against a frozen
+    # reference (its own normaliser, over response tokens), and two epochs (pi_old recomputed, clipping active)
+    methods += [
+        "none@algo=dapo;algo.dynamic_sampling=false",
+        "top_entropy@algo=dapo;algo.dynamic_sampling=false",
+        "none@algo=dr_grpo",
+        "kl_cov@algo=dr_grpo",
+        "hapo@algo.beta=0.05",
+        "quadrant@algo.epochs=2",
+    ]
     one = run_worker(tmp_path / "one" / "out.pt", methods, 1)
     two = run_worker(tmp_path / "two" / "out.pt", methods, 2)
     worst = {}
