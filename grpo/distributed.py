@@ -174,6 +174,21 @@ def load_full_state(
     set_optimizer_state_dict(model, optimizer, optim, options=StateDictOptions(full_state_dict=True))
 
 
+def named_optimizer_state(model: torch.nn.Module, state: dict) -> dict:
+    """A one-process ``optimizer.state_dict()`` (parameters numbered in the order of the model's trainable
+    parameters) in the gathered form, keyed by parameter name, that :func:`load_full_state` takes."""
+    names = [name for name, p in model.named_parameters() if p.requires_grad]
+    groups = [{**g, "params": [names[i] for i in g["params"]]} for g in state["param_groups"]]
+    return {"state": {names[i]: v for i, v in state["state"].items()}, "param_groups": groups}
+
+
+def load_named_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Load a gathered, name-keyed optimiser state (written by several processes) into one process's optimiser."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+
+
 # ------------------------------------------------------------------------------------------------ data
 def my_share(items: list, world: World) -> list:
     """Rank r's contiguous block of ``items`` (len divisible by the world size: checked with the config)."""

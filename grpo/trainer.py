@@ -666,14 +666,22 @@ class Trainer:
         dist_.barrier()  # no rank runs ahead (and could die) before the checkpoint is in place
 
     def load_checkpoint(self, state: dict[str, Any]) -> None:
+        # a checkpoint of either kind resumes on any number of processes: "world_size" marks the gathered kind
+        gathered = "world_size" in state
         if self.world.active:
-            dist_.load_full_state(self.policy.model, self.optimizer, state["model"], state["optimizer"])
+            optim = state["optimizer"]
+            if not gathered:
+                optim = dist_.named_optimizer_state(self.policy.model, optim)
+            dist_.load_full_state(self.policy.model, self.optimizer, state["model"], optim)
             ranks = state.get("rng_ranks") or []
             rng = ranks[self.world.rank] if len(ranks) == self.world.size else state["rng"]
             checkpoint.restore_rng(rng, self.generators)
         else:
             self.policy.load_trainable_state(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
+            if gathered:
+                dist_.load_named_optimizer_state(self.policy.model, self.optimizer, state["optimizer"])
+            else:
+                self.optimizer.load_state_dict(state["optimizer"])
             checkpoint.restore_rng(state["rng"], self.generators)
         self.scheduler.load_state_dict(state["scheduler"])
         self.data_epoch, self.data_index = state["data"]["epoch"], state["data"]["index"]

@@ -22,13 +22,14 @@ FAIL_BOUND_S = 60.0
 """The longest a run may take to end after one of its ranks was killed (collective_timeout_s is 30 here)."""
 
 
-def torchrun(run_dir: Path, uri: str) -> subprocess.Popen:
+def torchrun(run_dir: Path, uri: str, *extra: str, nproc: int = 2) -> subprocess.Popen:
+    """``experiments.train`` on ``nproc`` processes (1: a plain process, no torchrun)."""
+    launcher = (
+        ["-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--standalone"] if nproc > 1 else []
+    )
     cmd = [
         sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        "--standalone",
+        *launcher,
         "-m",
         "experiments.train",
         f"run_dir={run_dir}",
@@ -40,6 +41,7 @@ def torchrun(run_dir: Path, uri: str) -> subprocess.Popen:
         "eval.every=10",
         "eval.n_samples=0",
         "seed=0",
+        *extra,
     ]
     return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -108,3 +110,25 @@ def test_two_process_run_learns_fails_within_bound_and_resumes_bit_identically(t
     w_b = torch.load(state_file, weights_only=True)
     assert w_s["world_size"] == w_b["world_size"] == 2
     assert all(torch.equal(w_s["model"][k], w_b["model"][k]) for k in w_s["model"])
+
+
+@pytest.mark.slow
+@pytest.mark.ci
+def test_a_checkpoint_resumes_on_another_number_of_processes(tmp_path):
+    """2 processes -> 1 -> 2 on one run directory: each leg resumes the last one's checkpoint (gathered, name-keyed
+    after 2 processes; one process's own kind after 1) into the same MLflow run, optimiser state included."""
+    run_dir, uri = tmp_path / "run", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    small = ["algo.prompts_per_step=4", "eval.n_prompts=8", "train.checkpoint_every=2", "eval.every=0"]
+    for steps, nproc in ((2, 2), (4, 1), (6, 2)):
+        leg = torchrun(run_dir, uri, *small, f"train.steps={steps}", nproc=nproc)
+        out, _ = leg.communicate(timeout=600)
+        assert leg.returncode == 0, out[-4000:]
+        state = torch.load(run_dir / "checkpoint" / "state.pt", weights_only=True)
+        assert state["next_step"] == steps
+        assert state.get("world_size", 1) == nproc
+        adam = state["optimizer"]["state"]
+        # AdamW counts its steps per parameter: 6 after three legs only if each leg carried the last one's state
+        assert {float(v["step"]) for v in adam.values()} == {float(steps)}, (steps, nproc)
+    rec = only_run(uri)
+    assert rec.info.status == "FINISHED" and "quadrl.resumed_at" in rec.data.tags
+    assert sorted(history(uri, rec.info.run_id)["train/loss"]) == list(range(6))
