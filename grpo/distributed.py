@@ -310,11 +310,6 @@ def check_config(cfg: QuadrlConfig, world: World) -> None:
             f"world size {w}: each rank samples an equal share of whole groups",
         ),
         (
-            a.dynamic_sampling,
-            "algo.dynamic_sampling is not supported with several processes yet (its refill "
-            "would have to count informative groups over all ranks)",
-        ),
-        (
             a.minibatches != 1,
             f"algo.minibatches={a.minibatches}: only 1 is supported with several processes "
             "(a minibatch of whole groups could leave a rank no rows, and FSDP needs every rank in every forward)",

@@ -183,7 +183,7 @@ class Trainer:
         check_model(cfg, intervention, policy, teacher)  # refuse missing requirements before any rollout
         # several processes (grpo/distributed.py): generation runs on a plain copy, training on the FSDP2 shards
         # and every no-grad pass (facts, pi_old, the reference): the copy holds the current weights all step
-        self.world, self.row_offset = world, 0
+        self.world, self.row_offset, self.n_local = world, 0, 0
         self.sampler_policy, self.train_model = policy, policy.model
         if world.active:
             self.sampler = dist_.SamplerCopy(policy.model)
@@ -261,6 +261,8 @@ class Trainer:
     def rollout(self) -> tuple[Batch, dict[str, float]]:
         """Sample a batch; with DAPO dynamic sampling keep only groups with reward variance, refilling."""
         a = self.cfg.algo
+        if self.world.active and a.dynamic_sampling:
+            return self._dynamic_rollout_distributed()
         batch = self.sample_groups(self.next_prompts(a.prompts_per_step))
         stats = {
             "train/groups_informative": float(
@@ -291,6 +293,52 @@ class Trainer:
         merged = merged.select(torch.arange(limit))
         stats["train/dynamic_sampling_groups"] = float(int(merged.group_ids.max()) + 1)
         return merged, stats
+
+    def _dynamic_rollout_distributed(self) -> tuple[Batch, dict[str, float]]:
+        """:meth:`rollout`'s dynamic sampling on several processes, refilled by the global count: every round each
+        rank samples its share of the round's prompts; rounds continue while the ranks together hold fewer than
+        ``prompts_per_step`` informative groups; the kept groups are then ordered as one process would hold them
+        (round by round, each round's ranks in order), cut at ``prompts_per_step`` groups and dealt out again in
+        equal contiguous shares. When the rounds run out with a count the world size does not divide, the last
+        groups are dropped (``train/dynamic_sampling_dropped``): ranks must hold equal shares."""
+        a, w = self.cfg.algo, self.world.size
+        rounds = [self.sample_groups(self.next_prompts(a.prompts_per_step))]
+
+        def n_informative(b: Batch) -> int:
+            rows = informative_groups(b.rewards, b.group_ids)
+            return int(dist_.all_sum([float(len(torch.unique(b.group_ids[rows])))])[0])
+
+        n_groups = n_informative(rounds[0])
+        stats = {"train/groups_informative": n_groups / a.prompts_per_step}
+        for _ in range(a.dynamic_sampling_max_rounds):
+            if n_groups >= a.prompts_per_step:
+                break
+            rounds.append(self.sample_groups(self.next_prompts(a.prompts_per_step)))
+            n_groups += n_informative(rounds[-1])
+        sampled = torch.cat([b.rewards for b in rounds])
+        (stats["train/reward_mean_sampled"],) = dist_.weighted_mean([(float(sampled.mean()), len(sampled))])
+        kept = [
+            b.select(torch.nonzero(informative_groups(b.rewards, b.group_ids)).squeeze(-1)) for b in rounds
+        ]
+        everyone = dist_.gather_objects(kept)  # [rank][round]: small CPU tensors and texts
+        ordered = [everyone[r][i] for i in range(len(rounds)) for r in range(w)]
+        ordered = [b for b in ordered if len(b.group_ids)]
+        if (
+            not ordered
+        ):  # nothing informative: train on the first round (all advantages are 0), as one process
+            return rounds[0], stats
+        merged = concat_batches(ordered, self.policy.pad_id)
+        total = min(int(merged.group_ids.max()) + 1, a.prompts_per_step)
+        usable = total - total % w
+        stats["train/dynamic_sampling_groups"] = float(usable)
+        if total > usable:
+            stats["train/dynamic_sampling_dropped"] = float(total - usable)
+        if usable == 0:
+            return rounds[0], stats
+        per_rank = usable // w
+        first = self.world.rank * per_rank
+        mine = torch.nonzero((merged.group_ids >= first) & (merged.group_ids < first + per_rank)).squeeze(-1)
+        return merged.select(mine), stats
 
     # ---------------------------------------------------------------- update
     def logprobs(self, batch: Batch, rows: Tensor, model: torch.nn.Module | None = None) -> Tensor:
@@ -434,7 +482,8 @@ class Trainer:
             # every rank's rows padded to the global response width, as one process's batch would be
             width = dist_.max_int(batch.rollout.response_ids.shape[1])
             batch = replace(batch, rollout=dist_.pad_rollout(batch.rollout, width, self.policy.pad_id))
-            self.row_offset = self.world.rank * len(batch.rewards)
+            self.n_local = len(batch.rewards)  # equal on every rank (whole groups, equal shares)
+            self.row_offset = self.world.rank * self.n_local
             self.reward_log = dict(
                 zip(self.reward_log, dist_.all_sum(list(self.reward_log.values())), strict=True)
             )
@@ -443,7 +492,7 @@ class Trainer:
         facts = self.facts(batch, step)
         if self.world.active:  # every rank now holds the global batch's facts: the credit is global
             facts = dist_.gather_facts(facts, self.world)
-            if "train/groups_informative" in metrics:  # the share over all ranks' groups, not this rank's
+            if "train/groups_informative" in metrics and not cfg.algo.dynamic_sampling:  # all ranks' groups
                 informative = informative_groups(facts.rewards, facts.group_ids)
                 metrics["train/groups_informative"] = float(informative.float().mean())
         credit = TokenCredit.grpo_default(facts)
@@ -578,8 +627,7 @@ class Trainer:
 
     def minibatches_rows(self) -> Tensor:
         """This rank's rows of the global batch (several processes)."""
-        n = self.cfg.algo.prompts_per_step * self.cfg.algo.group_size // self.world.size
-        return torch.arange(n) + self.row_offset
+        return torch.arange(self.n_local) + self.row_offset
 
     # ---------------------------------------------------------------- eval, checkpoint, loop
     def evaluate(self, step: int) -> dict[str, float]:

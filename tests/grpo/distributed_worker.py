@@ -2,7 +2,9 @@
 
 Run as ``python -m tests.grpo.distributed_worker OUT SPEC...`` (one process: today's code path) or under
 ``torchrun --nproc_per_node=W -m tests.grpo.distributed_worker OUT SPEC...``; a SPEC is a method name, optionally
-with overrides after ``@`` separated by ``;`` (``none@algo=dapo;algo.dynamic_sampling=false``). Every rank samples the same global
+with overrides after ``@`` separated by ``;`` (``none@algo=dapo;algo.dynamic_sampling=false``); the word ``ROUNDS``
+among them replaces each sampling call instead of the whole rollout by a batch sampled beforehand (one per
+call), so that dynamic sampling's refill runs for real. Every rank samples the same global
 batch (same model, seed and thread count) on the unsharded model, keeps its own share of whole groups, and runs
 the real ``Trainer.step``; rank 0 saves, per method, the full gradient of every trainable parameter (gathered from
 the FSDP2 shards) and the step's logged metrics to OUT, for tests/grpo/test_distributed.py to compare.
@@ -43,6 +45,25 @@ class FixedBatchTrainer(Trainer):
         return self.fixed.select(mine), {}
 
 
+ROUNDS = "ROUNDS"
+N_ROUNDS = 8
+"""Batches sampled beforehand for the ROUNDS mode (more than DAPO's refill takes here)."""
+
+
+class FixedRoundsTrainer(Trainer):
+    """The real trainer and rollout, each sampling call of which returns the next batch sampled beforehand (this
+    rank's share of its whole groups)."""
+
+    rounds: list[Batch]
+
+    def sample_groups(self, examples: list) -> Batch:
+        batch, self.rounds = self.rounds[0], self.rounds[1:]
+        if not self.world.active:
+            return batch
+        groups = torch.tensor_split(torch.unique(batch.group_ids), self.world.size)[self.world.rank]
+        return batch.select(torch.nonzero(torch.isin(batch.group_ids, groups)).squeeze(-1))
+
+
 def one_step(spec: str, world: distributed.World, run_dir: Path) -> dict[str, Any]:
     method, _, extra = spec.partition("@")
     raw = compose_config(
@@ -59,19 +80,31 @@ def one_step(spec: str, world: distributed.World, run_dir: Path) -> dict[str, An
         "diagnostics.every=0",
         "model.lora.dropout=0.0",  # dropout masks drawn per rank could not match one process's
         "model.device=cpu",
-        *(o for o in extra.split(";") if o),
+        *(o for o in extra.split(";") if o and o != ROUNDS),
     )
     cfg: QuadrlConfig = OmegaConf.to_object(raw)  # type: ignore[assignment]
     task = make_task(**OmegaConf.to_container(raw.task, resolve=True))  # type: ignore[arg-type]
     cfg.sampling.max_new_tokens = cfg.sampling.max_new_tokens or int(task.max_new_tokens)
     intervention = build_intervention(OmegaConf.to_container(raw.intervention, resolve=True))  # type: ignore[arg-type]
     policy = load_policy(cfg.model, REPO / "models" / "arith", need_reference=cfg.algo.beta > 0, seed=0)
-    examples = list(task.train()[i] for i in range(PROMPTS))
-    batch = sample_groups(
-        policy, task, examples, GROUP, cfg.sampling, torch.Generator().manual_seed(1234)
-    )  # before sharding: every rank draws the same global batch
-    trainer = FixedBatchTrainer(cfg, policy, task, intervention, NullSink(), run_dir, world=world)
-    trainer.fixed = batch
+    # before sharding: every rank draws the same global batches
+    batches = [
+        sample_groups(
+            policy,
+            task,
+            [task.train()[k * PROMPTS + i] for i in range(PROMPTS)],
+            GROUP,
+            cfg.sampling,
+            torch.Generator().manual_seed(1234 + k),
+        )
+        for k in range(N_ROUNDS if ROUNDS in extra else 1)
+    ]
+    if ROUNDS in extra:
+        trainer = FixedRoundsTrainer(cfg, policy, task, intervention, NullSink(), run_dir, world=world)
+        trainer.rounds = batches
+    else:
+        trainer = FixedBatchTrainer(cfg, policy, task, intervention, NullSink(), run_dir, world=world)
+        trainer.fixed = batches[0]
     metrics = trainer.step(0)
     grads = {}
     for name, p in policy.model.named_parameters():
