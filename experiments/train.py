@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -31,11 +32,12 @@ from experiments.base_model import (
     teacher_name,
     teacher_recipe,
 )
+from experiments.distributed_env import from_slurm
 from experiments.eval import build_suite, to_config
 from experiments.sweep import parent_run_id, read_swept_keys, sweep_condition
 from experiments.tasks import Task, make_task
 from experiments.tracking import Tracker, flatten, git_commit, provenance
-from grpo import checkpoint
+from grpo import checkpoint, distributed
 from grpo.checks import ConfigError
 from grpo.config import QuadrlConfig, register_configs, validate
 from grpo.credit import Intervention, build_intervention
@@ -199,6 +201,14 @@ def run(raw: DictConfig) -> dict[str, float]:
     checked = check(raw)
     cfg, task, intervention = checked.cfg, checked.task, checked.intervention
     task_params, intervention_params = checked.task_params, checked.intervention_params
+    # several processes (torchrun, or a multi-task SLURM job): join them; one process: a no-op
+    from_slurm()
+    world = distributed.env_world()
+    distributed.check_config(cfg, world)
+    world = distributed.init(resolve_device(cfg.model.device), cfg.train.collective_timeout_s)
+    if world.active and "TORCHELASTIC_RUN_ID" in os.environ:
+        # torchrun stops the other ranks with SIGTERM when one fails: raise, so that the run is marked FAILED
+        signal.signal(signal.SIGTERM, _peer_failed)
     # null budget = the task's own; written back to the raw config so the params and config.yaml show it
     if cfg.sampling.max_new_tokens is None:
         cfg.sampling.max_new_tokens = raw.sampling.max_new_tokens = int(task.max_new_tokens)
@@ -215,7 +225,8 @@ def run(raw: DictConfig) -> dict[str, float]:
     if run_id is None and (run_dir / RUN_ID_FILE).is_file():  # crashed before its first checkpoint
         run_id = (run_dir / RUN_ID_FILE).read_text().strip() or None
 
-    tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.enabled)
+    # one MLflow run, rank 0's; the others log nothing but can still mark it FAILED (below)
+    tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.enabled and world.is_main)
     overrides = job_overrides()
     parent = cfg.tracking.parent_run_id or os.environ.get("QUADRL_PARENT_RUN_ID") or sweep_parent()
     tags = {
@@ -245,7 +256,9 @@ def run(raw: DictConfig) -> dict[str, float]:
     name = cfg.tracking.run_name or name
     resolved = OmegaConf.to_container(raw, resolve=True)
     run_id = tracker.start(run_id, name, flatten(resolved), tags)
-    if run_id:
+    if world.active:
+        run_id = distributed.broadcast_object(run_id)
+    if run_id and world.is_main:
         (run_dir / RUN_ID_FILE).write_text(run_id)
         if state is None:
             tracker.log_text(OmegaConf.to_yaml(raw, resolve=True), "config.yaml")
@@ -271,7 +284,15 @@ def run(raw: DictConfig) -> dict[str, float]:
             )
             teacher = load_teacher(cfg.model, built.path, policy.tokenizer)
         trainer = Trainer(
-            cfg, policy, task, intervention, tracker, run_dir, teacher=teacher, suite=checked.suite
+            cfg,
+            policy,
+            task,
+            intervention,
+            tracker,
+            run_dir,
+            teacher=teacher,
+            suite=checked.suite,
+            world=world,
         )
         if state is not None:
             trainer.load_checkpoint(state)
@@ -285,9 +306,33 @@ def run(raw: DictConfig) -> dict[str, float]:
         raise
     except BaseException:
         tracker.finish("FAILED")
+        if not world.is_main:  # rank 0 may be the one that died: any rank that fails marks the run
+            mark_failed(cfg, run_id)
         raise
     tracker.finish("FINISHED")
+    if world.active:
+        distributed.shutdown()
     return final
+
+
+class PeerFailed(RuntimeError):
+    """torchrun stopped this rank because another rank of the run failed."""
+
+
+def _peer_failed(signum: int, frame: object) -> None:
+    raise PeerFailed("stopped by torchrun (SIGTERM): another rank of this run failed")
+
+
+def mark_failed(cfg: QuadrlConfig, run_id: str | None) -> None:
+    """Mark rank 0's MLflow run FAILED from another rank (best effort: the store may be what failed)."""
+    if not (cfg.tracking.enabled and run_id):
+        return
+    try:
+        from experiments.tracking import tracking_client
+
+        tracking_client(cfg.tracking.uri).set_terminated(run_id, status="FAILED")
+    except Exception as error:  # the original error is the one to report
+        print(f"could not mark run {run_id} FAILED: {error}", file=sys.stderr, flush=True)
 
 
 def refuse(prog: str, error: Exception) -> None:

@@ -183,6 +183,10 @@ class TrainConfig:
     """The training forward runs the batch's rows sorted by response length, in this many forwards each cut to
     its own longest row, so that short responses skip the longest one's padding (1 = one forward). Measured on
     the arith task, 128 rows: the update's forward + backward -30% CPU time (benchmarks/README.md)."""
+    collective_timeout_s: float = 600.0
+    """Distributed runs only (torchrun, or SLURM with several tasks): seconds a collective operation waits for the
+    other ranks before it raises, so a rank that hangs cannot hold the job forever (a rank that dies is noticed at
+    once: its connections close). Must exceed the longest gap between two collectives (an evaluation shard)."""
 
 
 @dataclass

@@ -130,23 +130,33 @@ def policy_loss(
     kl_estimator: KLEstimator = "k3",
     extra: Tensor | None = None,
     response_mask: Tensor | None = None,
+    coefficients: tuple[Tensor, Tensor] | None = None,
 ) -> LossTerms:
     """L = agg_m(w * pg + extra) + beta * agg_r(k * KL). All [B, T]; ``logprobs`` carries the gradient.
 
     ``response_mask`` (r) is where the KL term averages; None means the loss mask m.
+    ``coefficients``: (c over m, c over r) of a larger batch these rows belong to (:func:`token_coefficients`
+    of the whole batch, taken at these rows); the aggregations become sum c * X, so that the losses of the
+    parts sum to the whole batch's (grpo/distributed.py). None: the rows are the whole batch.
     """
     pg, ratio = clipped_surrogate(logprobs, old_logprobs, advantages, eps_low, eps_high, clip)
     per_token = weights * pg
     if extra is not None:
         per_token = per_token + extra
-    loss = aggregate(per_token, loss_mask, aggregation, max_new_tokens)
+
+    def agg(x: Tensor, mask: Tensor, which: int) -> Tensor:
+        if coefficients is None:
+            return aggregate(x, mask, aggregation, max_new_tokens)
+        return (x * coefficients[which].to(x.dtype)).sum()
+
+    loss = agg(per_token, loss_mask, 0)
     kl_mask = loss_mask if response_mask is None else response_mask
     kl_value = torch.zeros((), dtype=logprobs.dtype)
     if ref_logprobs is not None:
         kl = kl_penalty(logprobs, ref_logprobs, kl_estimator)
         if beta != 0.0:
             k = kl_weights if kl_weights is not None else 1.0
-            loss = loss + beta * aggregate(k * kl, kl_mask, aggregation, max_new_tokens)
+            loss = loss + beta * agg(k * kl, kl_mask, 1)
         kl_value = aggregate(kl.detach(), kl_mask, "token_mean", max_new_tokens)
 
     with torch.no_grad():
@@ -154,7 +164,7 @@ def policy_loss(
         n = m.sum().clamp_min(1.0)
         low = ((ratio < 1.0 - eps_low) & (advantages < 0)).float() if clip else torch.zeros_like(m)
         high = ((ratio > 1.0 + eps_high) & (advantages > 0)).float() if clip else torch.zeros_like(m)
-        pg_mean = aggregate((weights * pg).detach(), loss_mask, aggregation, max_new_tokens)
+        pg_mean = agg((weights * pg).detach(), loss_mask, 0)
         return LossTerms(
             loss=loss,
             pg_loss=float(pg_mean),

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from grpo import checkpoint
+from grpo import distributed as dist_
 from grpo.advantages import (
     distillation_advantages,
     group_advantages,
@@ -181,11 +182,22 @@ class Trainer:
         run_dir: Path,
         teacher: torch.nn.Module | None = None,
         suite: Sequence[Benchmark] = (),
+        world: dist_.World = dist_.SINGLE,
     ):
         self.cfg, self.policy, self.task, self.intervention = cfg, policy, task, intervention
         self.suite = list(suite)  # eval.suite's benchmarks, built by the app (they read files)
         self.tracker, self.run_dir, self.teacher = tracker, run_dir, teacher
         check_model(cfg, intervention, policy, teacher)  # refuse missing requirements before any rollout
+        # several processes (grpo/distributed.py): generation runs on a plain copy, training on the FSDP2 shards
+        # and every no-grad pass (facts, pi_old, the reference): the copy holds the current weights all step
+        self.world, self.row_offset, self.n_local = world, 0, 0
+        self.sampler_policy, self.train_model = policy, policy.model
+        if world.active:
+            self.sampler = dist_.SamplerCopy(policy.model)
+            self.sampler_policy = replace(policy, model=self.sampler.model)
+            dist_.shard(policy.model, next(policy.model.parameters()).device)
+            self.train_model = dist_.RootForward(policy.model)
+            policy.model.train()  # the update trains in train mode (LoRA dropout); sampling toggles the copy
         self.train_examples = task.train()  # a lazy Sequence: built-in splits hold 10^6 generated items
         self._order: tuple[int, list[int]] | None = None
         # the quadrants logged are the ones the intervention acts on, when it splits tokens itself
@@ -244,7 +256,11 @@ class Trainer:
     # ---------------------------------------------------------------- rollout
     def sample_groups(self, examples: list[Example]) -> Batch:
         g, s = self.cfg.algo.group_size, self.cfg.sampling
-        batch = sample_groups(self.policy, self.task, examples, g, s, self.generators["sampling"])
+        policy = self.policy
+        if self.world.active:  # this rank's whole groups, on the refreshed unsharded copy
+            self.sampler.refresh(self.policy.model)
+            policy, examples = self.sampler_policy, dist_.my_share(examples, self.world)
+        batch = sample_groups(policy, self.task, examples, g, s, self.generators["sampling"])
         for key, value in batch.reward_stats.items():
             self.reward_log[key] = self.reward_log.get(key, 0.0) + value
         return batch
@@ -252,6 +268,8 @@ class Trainer:
     def rollout(self) -> tuple[Batch, dict[str, float]]:
         """Sample a batch; with DAPO dynamic sampling keep only groups with reward variance, refilling."""
         a = self.cfg.algo
+        if self.world.active and a.dynamic_sampling:
+            return self._dynamic_rollout_distributed()
         batch = self.sample_groups(self.next_prompts(a.prompts_per_step))
         stats = {
             "train/groups_informative": float(
@@ -283,11 +301,57 @@ class Trainer:
         stats["train/dynamic_sampling_groups"] = float(int(merged.group_ids.max()) + 1)
         return merged, stats
 
+    def _dynamic_rollout_distributed(self) -> tuple[Batch, dict[str, float]]:
+        """:meth:`rollout`'s dynamic sampling on several processes, refilled by the global count: every round each
+        rank samples its share of the round's prompts; rounds continue while the ranks together hold fewer than
+        ``prompts_per_step`` informative groups; the kept groups are then ordered as one process would hold them
+        (round by round, each round's ranks in order), cut at ``prompts_per_step`` groups and dealt out again in
+        equal contiguous shares. When the rounds run out with a count the world size does not divide, the last
+        groups are dropped (``train/dynamic_sampling_dropped``): ranks must hold equal shares."""
+        a, w = self.cfg.algo, self.world.size
+        rounds = [self.sample_groups(self.next_prompts(a.prompts_per_step))]
+
+        def n_informative(b: Batch) -> int:
+            rows = informative_groups(b.rewards, b.group_ids)
+            return int(dist_.all_sum([float(len(torch.unique(b.group_ids[rows])))])[0])
+
+        n_groups = n_informative(rounds[0])
+        stats = {"train/groups_informative": n_groups / a.prompts_per_step}
+        for _ in range(a.dynamic_sampling_max_rounds):
+            if n_groups >= a.prompts_per_step:
+                break
+            rounds.append(self.sample_groups(self.next_prompts(a.prompts_per_step)))
+            n_groups += n_informative(rounds[-1])
+        sampled = torch.cat([b.rewards for b in rounds])
+        (stats["train/reward_mean_sampled"],) = dist_.weighted_mean([(float(sampled.mean()), len(sampled))])
+        kept = [
+            b.select(torch.nonzero(informative_groups(b.rewards, b.group_ids)).squeeze(-1)) for b in rounds
+        ]
+        everyone = dist_.gather_objects(kept)  # [rank][round]: small CPU tensors and texts
+        ordered = [everyone[r][i] for i in range(len(rounds)) for r in range(w)]
+        ordered = [b for b in ordered if len(b.group_ids)]
+        if (
+            not ordered
+        ):  # nothing informative: train on the first round (all advantages are 0), as one process
+            return rounds[0], stats
+        merged = concat_batches(ordered, self.policy.pad_id)
+        total = min(int(merged.group_ids.max()) + 1, a.prompts_per_step)
+        usable = total - total % w
+        stats["train/dynamic_sampling_groups"] = float(usable)
+        if total > usable:
+            stats["train/dynamic_sampling_dropped"] = float(total - usable)
+        if usable == 0:
+            return rounds[0], stats
+        per_rank = usable // w
+        first = self.world.rank * per_rank
+        mine = torch.nonzero((merged.group_ids >= first) & (merged.group_ids < first + per_rank)).squeeze(-1)
+        return merged.select(mine), stats
+
     # ---------------------------------------------------------------- update
     def logprobs(self, batch: Batch, rows: Tensor, model: torch.nn.Module | None = None) -> Tensor:
         r = batch.rollout
         logp, _ = response_logprobs(
-            model if model is not None else self.policy.model,
+            model if model is not None else self.train_model,
             r.prompt_ids[rows],
             r.prompt_mask[rows],
             r.response_ids[rows],
@@ -311,7 +375,7 @@ class Trainer:
         mask = r.response_mask
         # extra facts only when an active method (or distillation) asks; passes shared with the KL reference
         source = FactSource(
-            self.policy,
+            self.sampler_policy,
             r,
             batch.examples,
             temperature=self.cfg.sampling.temperature,
@@ -330,7 +394,7 @@ class Trainer:
         old = r.logprobs
         if a.epochs * a.minibatches > 1:  # later passes are off-policy: freeze pi_old before the first update
             with torch.no_grad():
-                old = self.logprobs(batch, everything)
+                old = self.logprobs(batch, everything, self.sampler_policy.model)
         ref = source.reference_pass().logprobs if a.beta > 0 else None
         return TokenFacts.from_rollout(
             r,
@@ -358,7 +422,8 @@ class Trainer:
         """The loss on ``rows``; ``logp`` (current log-probs with grad) is computed unless given."""
         a = self.cfg.algo
         if logp is None:
-            logp = self.logprobs(batch, rows)
+            # rows index the global batch; the rollout holds this rank's rows only (offset 0 in one process)
+            logp = self.logprobs(batch, rows - self.row_offset)
         single_pass = a.epochs * a.minibatches == 1
         old = logp.detach() if single_pass else facts.old_logprobs[rows]  # on-policy: rho = 1 exactly
         extra = None
@@ -388,6 +453,13 @@ class Trainer:
             kl_estimator=a.kl_estimator,
             extra=extra,
             response_mask=facts.response_mask[rows],
+            # several processes: each token weighted by its coefficient in the global batch (grpo/distributed.py)
+            coefficients=(
+                facts.loss_coefficients(credit.loss_mask)[rows],
+                facts.loss_coefficients(facts.response_mask)[rows],
+            )
+            if self.world.active
+            else None,
         )
 
     def minibatches(self, batch: Batch) -> list[Tensor]:
@@ -396,6 +468,8 @@ class Trainer:
         Dynamic sampling can leave fewer groups than minibatches: the empty sets are dropped, since an update on
         no tokens would log a NaN loss and still move the weights (AdamW momentum and weight decay).
         """
+        if self.world.active:  # one minibatch (checked): this rank's rows of the global batch
+            return [self.minibatches_rows()]
         groups = torch.unique(batch.group_ids)
         return [
             torch.nonzero(torch.isin(batch.group_ids, chunk)).squeeze(-1)
@@ -407,13 +481,29 @@ class Trainer:
         cfg = self.cfg
         t0 = time.perf_counter()
         self.reward_log = dict.fromkeys(self.reward_log, 0.0)
+        if self.world.active:  # a pure function of (seed, step, rank): nothing to save, resumable on any size
+            self.generators["sampling"].manual_seed(dist_.sampling_seed(cfg.seed, step, self.world.rank))
         batch, metrics = self.rollout()
         t_rollout = time.perf_counter() - t0
+        if self.world.active:
+            # every rank's rows padded to the global response width, as one process's batch would be
+            width = dist_.max_int(batch.rollout.response_ids.shape[1])
+            batch = replace(batch, rollout=dist_.pad_rollout(batch.rollout, width, self.policy.pad_id))
+            self.n_local = len(batch.rewards)  # equal on every rank (whole groups, equal shares)
+            self.row_offset = self.world.rank * self.n_local
+            self.reward_log = dict(
+                zip(self.reward_log, dist_.all_sum(list(self.reward_log.values())), strict=True)
+            )
         metrics.update(self.reward_log)
         for key in [k for k in metrics if k.startswith("train/reward/") and k + "/n" in metrics]:
             metrics[key] /= max(metrics.pop(key + "/n"), 1.0)  # a reward function's mean over its samples
 
         facts = self.facts(batch, step)
+        if self.world.active:  # every rank now holds the global batch's facts: the credit is global
+            facts = dist_.gather_facts(facts, self.world)
+            if "train/groups_informative" in metrics and not cfg.algo.dynamic_sampling:  # all ranks' groups
+                informative = informative_groups(facts.rewards, facts.group_ids)
+                metrics["train/groups_informative"] = float(informative.float().mean())
         credit = TokenCredit.grpo_default(facts)
         if self.intervention.active(step):
             credit = self.intervention.credit(facts, credit, self.generators["intervention"])
@@ -426,6 +516,11 @@ class Trainer:
         metrics.update({f"intervention/{k}": v for k, v in credit.info.items()})
         if cfg.algo.overlong_buffer > 0:
             metrics["train/overlong_penalty_mean"] = float(self.overlong(batch).mean())
+            if self.world.active:
+                n_local = float(len(batch.rewards))
+                (metrics["train/overlong_penalty_mean"],) = dist_.weighted_mean(
+                    [(metrics["train/overlong_penalty_mean"], n_local)]
+                )
         if (
             cfg.algo.advantage == "teacher"
         ):  # -a_t: the sampled-token estimate of KL(pi_old || pi_T) per token
@@ -433,7 +528,7 @@ class Trainer:
             metrics["train/teacher_kl"] = -float(facts.advantages.sum()) / n_resp
 
         diagnose = cfg.diagnostics.every > 0 and step % cfg.diagnostics.every == 0
-        everything = torch.arange(len(batch.rewards))
+        everything = torch.arange(len(facts.rewards))
         if diagnose:
 
             def loss_for_multiplier(m: Tensor, logp: Tensor) -> Tensor:
@@ -458,7 +553,8 @@ class Trainer:
             for rows in self.minibatches(batch):
                 terms = self.loss(facts, credit, batch, rows)
                 self.optimizer.zero_grad(set_to_none=True)
-                terms.loss.backward()
+                # FSDP2 averages gradients over ranks; times W makes it the sum: the one-process gradient
+                (terms.loss * self.world.size if self.world.active else terms.loss).backward()
                 norms.append(
                     optimizer_step(
                         self.optimizer, self.params, cfg.optim.grad_clip, cfg.diagnostics.update_norm
@@ -479,24 +575,33 @@ class Trainer:
         mask = facts.response_mask
         n_tokens = int(mask.sum())
         step_time = time.perf_counter() - t0
-        answers = [self.task.extract_answer(t) for t in batch.texts]
+        texts = batch.texts
+        if self.world.active:
+            texts = [t for part in dist_.gather_objects(batch.texts) for t in part]
+        answers = [self.task.extract_answer(t) for t in texts]
         n = len(terms_log)
+        rewards = facts.rewards  # the global batch's (batch.rewards itself in one process)
+        terms_mean = {
+            "train/loss": sum(float(t.loss.detach()) for t in terms_log) / n,
+            "train/pg_loss": sum(t.pg_loss for t in terms_log) / n,
+            "train/kl": sum(t.kl for t in terms_log) / n,
+            "train/clip_frac_low": sum(t.clip_frac_low for t in terms_log) / n,
+            "train/clip_frac_high": sum(t.clip_frac_high for t in terms_log) / n,
+            "train/ratio_mean": sum(t.ratio_mean for t in terms_log) / n,
+        }
+        if self.world.active:
+            terms_mean.update(self._reduce_terms(terms_mean, facts, credit))
         metrics.update(
             {
-                "train/reward_mean": float(batch.rewards.mean()),
-                "train/reward_std": float(batch.rewards.std()) if len(batch.rewards) > 1 else 0.0,
-                "train/accuracy": float((batch.rewards >= 1.0).float().mean()),
-                "train/loss": sum(float(t.loss.detach()) for t in terms_log) / n,
-                "train/pg_loss": sum(t.pg_loss for t in terms_log) / n,
-                "train/kl": sum(t.kl for t in terms_log) / n,
-                "train/clip_frac_low": sum(t.clip_frac_low for t in terms_log) / n,
-                "train/clip_frac_high": sum(t.clip_frac_high for t in terms_log) / n,
-                "train/ratio_mean": sum(t.ratio_mean for t in terms_log) / n,
+                "train/reward_mean": float(rewards.mean()),
+                "train/reward_std": float(rewards.std()) if len(rewards) > 1 else 0.0,
+                "train/accuracy": float((rewards >= 1.0).float().mean()),
+                **terms_mean,
                 "train/entropy_mean": float((facts.entropy * mask).sum() / max(1, n_tokens)),
-                "train/response_len": n_tokens / len(batch.rewards),
+                "train/response_len": n_tokens / len(rewards),
                 "train/grad_norm": sum(x.grad_norm for x in norms) / len(norms),
                 "train/lr": float(self.scheduler.get_last_lr()[0]),
-                "train/answer_diversity": answer_diversity(answers, batch.group_ids.tolist()),
+                "train/answer_diversity": answer_diversity(answers, facts.group_ids.tolist()),
                 "perf/step_time_s": step_time,
                 "perf/rollout_time_s": t_rollout,
                 "perf/update_time_s": t_update,
@@ -515,20 +620,43 @@ class Trainer:
             self.tracker.log_table(rows, f"samples/step_{step:06d}.json")
         return metrics
 
+    def _reduce_terms(
+        self, local: dict[str, float], facts: TokenFacts, credit: TokenCredit
+    ) -> dict[str, float]:
+        """The loss terms of the global batch from every rank's: the losses (global coefficients) add up; the
+        KL is a mean over response tokens and the clip fractions and ratio means over loss-mask tokens."""
+        rows = self.minibatches_rows()
+        n_resp = float(facts.response_mask[rows].sum())
+        n_loss = float(credit.loss_mask[rows].sum())
+        loss, pg = dist_.all_sum([local["train/loss"], local["train/pg_loss"]])
+        keys = ("train/kl", "train/clip_frac_low", "train/clip_frac_high", "train/ratio_mean")
+        weights = (n_resp, n_loss, n_loss, n_loss)
+        means = dist_.weighted_mean([(local[k], w) for k, w in zip(keys, weights, strict=True)])
+        return {"train/loss": loss, "train/pg_loss": pg, **dict(zip(keys, means, strict=True))}
+
+    def minibatches_rows(self) -> Tensor:
+        """This rank's rows of the global batch (several processes)."""
+        return torch.arange(self.n_local) + self.row_offset
+
     # ---------------------------------------------------------------- eval, checkpoint, loop
     def evaluate(self, step: int) -> dict[str, float]:
         """``eval/*`` metrics, plus ``perf/eval_time_s`` and ``perf/eval_share``: the time spent evaluating so far
         in this process's :meth:`run` over that run's wall time so far (a resumed run counts from its restart)."""
         t0 = time.perf_counter()
         gen = torch.Generator().manual_seed(self.cfg.seed * 7919 + step)  # independent of the training stream
-        metrics, greedy = evaluate(
-            self.policy, self.task, self.cfg.eval, self.cfg.sampling.max_new_tokens, gen
-        )
+        if self.world.active:
+            metrics, greedy = self._evaluate_shard(gen)
+        else:
+            metrics, greedy = evaluate(
+                self.policy, self.task, self.cfg.eval, self.cfg.sampling.max_new_tokens, gen
+            )
         rows = [{"prompt": c.example.prompt, "completion": c.text, "reward": c.reward} for c in greedy[:32]]
         self.tracker.log_table(rows, f"eval_samples/step_{step:06d}.json")
-        if self.suite:
+        if (
+            self.suite
+        ):  # several processes: every rank runs the whole suite on its refreshed copy (same numbers)
             suite_metrics, _ = evaluate_suite(
-                self.policy,
+                self.sampler_policy,
                 self.suite,
                 max_new_tokens=self.cfg.sampling.max_new_tokens,
                 batch_size=self.cfg.eval.batch_size,
@@ -542,6 +670,22 @@ class Trainer:
         metrics["perf/eval_time_s"] = now - t0
         metrics["perf/eval_share"] = self.eval_seconds / max(now - started, 1e-9)
         return metrics
+
+    def _evaluate_shard(self, gen: torch.Generator) -> tuple[dict[str, float], list[Any]]:
+        """Several processes: each rank evaluates a contiguous share of the prompts on its unsharded copy; every
+        ``eval/*`` metric is a mean over prompts, so the global one is the prompt-weighted mean of the shares'.
+        Greedy accuracy equals one process's; sampled metrics draw from the same seed on each share, so they
+        depend on the world size (the streams are per share)."""
+        self.sampler.refresh(self.policy.model)
+        examples = list(self.task.test())[: self.cfg.eval.n_prompts]
+        share = torch.tensor_split(torch.arange(len(examples)), self.world.size)[self.world.rank].tolist()
+        mine = [examples[i] for i in share]
+        local, greedy = evaluate(
+            self.sampler_policy, self.task, self.cfg.eval, self.cfg.sampling.max_new_tokens, gen, mine
+        )
+        keys = sorted(local)
+        means = dist_.weighted_mean([(local[k], float(len(mine))) for k in keys])
+        return dict(zip(keys, means, strict=True)), greedy
 
     def probe(self, step: int) -> dict[str, float]:
         """``probe/*``: where the measured credit of the current policy sits (grpo/probe.py), on the first
@@ -559,10 +703,11 @@ class Trainer:
         return self.cfg.probe.every > 0 and steps_done % self.cfg.probe.every == 0
 
     def state(self) -> dict[str, Any]:
+        active = self.world.active  # sharded tensors: the gathered ones replace these (_save_distributed)
         return {
             "next_step": self.next_step,
-            "model": self.policy.trainable_state(),
-            "optimizer": self.optimizer.state_dict(),
+            "model": {} if active else self.policy.trainable_state(),
+            "optimizer": {} if active else self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "rng": checkpoint.rng_state(self.generators),
             "data": {"epoch": self.data_epoch, "index": self.data_index},
@@ -570,13 +715,44 @@ class Trainer:
         }
 
     def save_checkpoint(self) -> None:
+        if self.world.active:
+            self._save_distributed()
+            return
         checkpoint.save(self.run_dir, self.state(), export=lambda d: self.policy.model.save_pretrained(d))
 
+    def _save_distributed(self) -> None:
+        """Gathered, not sharded: one file of full tensors that any world size (one process too, for the
+        weights) can load, written by rank 0; the state is small next to what a sharded format would save us
+        at the sizes quadrl trains (DCP's sharded save is the step to take when gathering stops fitting)."""
+        state = self.state()
+        state["model"], state["optimizer"] = dist_.full_state(self.policy.model, self.optimizer)
+        state["rng_ranks"] = dist_.gather_objects(state["rng"])  # each rank's global torch and python RNGs
+        state["world_size"] = self.world.size
+        self.sampler.refresh(self.policy.model)  # the exported model: the weights just trained
+        if self.world.is_main:
+            export = self.sampler.model.save_pretrained
+            checkpoint.save(self.run_dir, state, export=lambda d: export(d))
+        dist_.barrier()  # no rank runs ahead (and could die) before the checkpoint is in place
+
     def load_checkpoint(self, state: dict[str, Any]) -> None:
-        self.policy.load_trainable_state(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        # a checkpoint of either kind resumes on any number of processes: "world_size" marks the gathered kind
+        gathered = "world_size" in state
+        if self.world.active:
+            optim = state["optimizer"]
+            if not gathered:
+                optim = dist_.named_optimizer_state(self.policy.model, optim)
+            dist_.load_full_state(self.policy.model, self.optimizer, state["model"], optim)
+            ranks = state.get("rng_ranks") or []
+            rng = ranks[self.world.rank] if len(ranks) == self.world.size else state["rng"]
+            checkpoint.restore_rng(rng, self.generators)
+        else:
+            self.policy.load_trainable_state(state["model"])
+            if gathered:
+                dist_.load_named_optimizer_state(self.policy.model, self.optimizer, state["optimizer"])
+            else:
+                self.optimizer.load_state_dict(state["optimizer"])
+            checkpoint.restore_rng(state["rng"], self.generators)
         self.scheduler.load_state_dict(state["scheduler"])
-        checkpoint.restore_rng(state["rng"], self.generators)
         self.data_epoch, self.data_index = state["data"]["epoch"], state["data"]["index"]
         self.next_step = state["next_step"]
 
@@ -596,7 +772,7 @@ class Trainer:
         if self.next_step == 0 and self.probe_due(0):
             self.tracker.log_metrics(self.probe(0), 0)
         progress = None
-        if cfg.train.progress:
+        if cfg.train.progress and self.world.is_main:  # one bar per run, not per process
             from tqdm import tqdm
 
             progress = tqdm(total=cfg.train.steps, initial=self.next_step, desc="grpo", dynamic_ncols=True)
