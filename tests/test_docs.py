@@ -1,0 +1,179 @@
+"""The README's and the documentation pages' commands name what exists: every console script (``quadrl-*``) is one
+of pyproject's ``[project.scripts]``, and every config key a ``quadrl-*`` command sets (``a.b=value``) is a key of
+the config tree (experiments/config_reference.py: the dataclasses and the method and task registries), every
+group choice (``intervention=hapo``) a file of ``conf/<group>/``.
+
+Commands are read from ```bash blocks and from inline code spans. Not checked, on purpose:
+- ``+key=...`` and ``~key``: Hydra's append and delete, which add what the schema does not hold by design
+  (``+eval=paper_math`` composes a preset group the run config has no default for, ``+mechanism=...`` a study's
+  paired condition); their group files are checked like any other group choice;
+- ``hydra.*`` and ``hydra/...``: Hydra's own config (launcher, sweep dir), not quadrl's;
+- the argparse scripts' ``--options``: ``--help`` is their reference, and the flags are not config keys;
+- placeholders (``intervention=<name>``), and the group choices of a command that adds a config folder of its
+  own (``--config-dir``, ``hydra.searchpath``): its groups live in that folder, which the page creates.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from functools import cache
+from pathlib import Path
+
+import pytest
+import tomllib
+
+from experiments.config_reference import all_keys
+from tests.conftest import REPO
+
+SCRIPT = re.compile(r"(?:(?<=^)|(?<=[\s/]))(quadrl-[a-z]+)(?=\s|$)")
+"""A console script as a command word: at the start, after a space or a bin/ path, and ending there (so
+``/tmp/quadrl-walkthrough}`` or ``viewStateShareKey=quadrl-sweep-...`` are not commands)."""
+KEY = re.compile(r"^(?P<prefix>[+~]*)(?P<key>[A-Za-z_][\w.]*)(?:=(?P<value>.*))?$")
+"""An override token: ``key=value``, ``+key=value`` or ``~key``."""
+SEPARATORS = {"|", "||", "&&", ";", ">", ">>", "2>&1"}
+"""Where a command's arguments end."""
+CONF = REPO / "conf"
+
+
+def doc_files() -> list[Path]:
+    return [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
+
+
+def commands(text: str) -> list[str]:
+    """Each shell line of the ```bash blocks (backslash continuations joined) and each inline code span."""
+    found = []
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+        found += block.replace("\\\n", " ").splitlines()
+    prose = re.sub(r"```.*?```", "", text, flags=re.S)
+    found += [span.replace("\n", " ") for span in re.findall(r"`([^`]+)`", prose)]
+    return found
+
+
+def invocations(line: str) -> list[tuple[str, list[str]]]:
+    """(script, its arguments) for every ``quadrl-*`` on the line."""
+    try:
+        tokens = shlex.split(line, comments=True)
+    except ValueError:  # a span quoting half a command (an unbalanced quote): split on blanks
+        tokens = line.split()
+    found = []
+    for i, token in enumerate(tokens):
+        match = SCRIPT.search(token)
+        if match and token.endswith(match[1]):
+            args = []
+            for arg in tokens[i + 1 :]:
+                if arg in SEPARATORS:
+                    break
+                args.append(arg)
+            found.append((match[1], args))
+    return found
+
+
+@cache
+def console_scripts() -> set[str]:
+    return set(tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"])
+
+
+@cache
+def config_keys() -> dict[str, str]:
+    """key -> its type as written."""
+    return {k.key: k.type for k in all_keys()}
+
+
+def key_problem(key: str) -> str | None:
+    """Why ``key`` is not a config key, or None when it is one (or lies under a free-form mapping)."""
+    keys = config_keys()
+    if key in keys:
+        return None
+    parts = key.split(".")
+    for n in range(len(parts) - 1, 0, -1):
+        # a dict-typed field takes any sub-key (eval.paths.aime24); a list of configs is keyed by index
+        prefix = ".".join(parts[:n])
+        if keys.get(prefix, "").startswith(("dict", "Any")):
+            return None
+        if parts[n].isdigit() and f"{prefix}[]." + ".".join(parts[n + 1 :]) in keys:
+            return None
+    return f"{key!r} is not a config key"
+
+
+def group_problem(group: str, value: str) -> str | None:
+    """``group=value`` for a config group of conf/: every value of a sweep's list must be a file there."""
+    for choice in value.split(","):
+        if choice and choice != "null" and not (CONF / group / f"{choice}.yaml").is_file():
+            return f"{group}={choice}: no conf/{group}/{choice}.yaml"
+    return None
+
+
+def problems(text: str) -> list[str]:
+    found = []
+    for line in commands(text):
+        for script, args in invocations(line):
+            if script not in console_scripts():
+                found.append(
+                    f"{script}: not a console script of pyproject.toml ({sorted(console_scripts())})"
+                )
+                continue
+            own_conf = any(a.startswith(("--config-dir", "-cd", "hydra.searchpath")) for a in args)
+            for arg in args:
+                match = KEY.match(arg)
+                if (
+                    arg.startswith("-")
+                    or "<" in arg
+                    or not match
+                    or match["value"] is None
+                    and not match["prefix"]
+                ):
+                    continue  # an argparse option, a placeholder, a positional value
+                key, prefix = match["key"], match["prefix"]
+                if key == "hydra" or key.startswith("hydra."):
+                    continue
+                if "." not in key and (CONF / key).is_dir():
+                    problem = None if own_conf else group_problem(key, match["value"] or "")
+                elif prefix:
+                    continue
+                else:
+                    problem = key_problem(key)
+                if problem:
+                    found.append(f"{script} ... {arg}: {problem}")
+    return found
+
+
+@pytest.mark.parametrize("path", doc_files(), ids=lambda p: str(p.relative_to(REPO)))
+def test_commands_name_scripts_and_keys_that_exist(path):
+    assert problems(path.read_text()) == []
+
+
+def test_the_check_reads_commands_and_catches_typos():
+    """The reader finds the commands it must check, and a planted typo of each kind fails."""
+    assert invocations(".venv/bin/quadrl-train seed=1 algo.beta=0.04 | tee log") == [
+        ("quadrl-train", ["seed=1", "algo.beta=0.04"])
+    ]
+    assert invocations("WORK=${WORK:-/tmp/quadrl-walkthrough} && echo viewStateShareKey=quadrl-sweep-1") == []
+    good = "```bash\n.venv/bin/quadrl-train intervention=hapo intervention.alpha=0.3 \\\n    optim.lr=1e-4\n```\n"
+    assert problems(good) == []
+    assert problems("run `quadrl-train model.lora.enabled=true eval.paths.aime24=/x +eval=paper_math`") == []
+    assert problems("`quadrl-trian seed=1`") == [
+        f"quadrl-trian: not a console script of pyproject.toml ({sorted(console_scripts())})"
+    ]
+    assert problems(good.replace("optim.lr", "optim.lrr")) == [
+        "quadrl-train ... optim.lrr=1e-4: 'optim.lrr' is not a config key"
+    ]
+    assert problems("`quadrl-train intervention=none,hapoo`") == [
+        "quadrl-train ... intervention=none,hapoo: intervention=hapoo: no conf/intervention/hapoo.yaml"
+    ]
+    assert problems("`quadrl-train --config-dir my/conf +eval=mine task=<task>`") == []
+    assert problems("`quadrl-study +mechanism=nope`") == [
+        "quadrl-study ... +mechanism=nope: mechanism=nope: no conf/mechanism/nope.yaml"
+    ]
+
+
+def test_the_documented_commands_are_many():
+    """A reader that silently found nothing would pass the test above: count what it checks."""
+    lines = [line for path in doc_files() for line in commands(path.read_text())]
+    calls = [call for line in lines for call in invocations(line)]
+    scripts = {script for script, _ in calls}
+    keys = [a for _, args in calls for a in args if KEY.match(a) and "=" in a]
+    assert scripts >= {"quadrl-train", "quadrl-study", "quadrl-report", "quadrl-probe", "quadrl-eval"}, (
+        scripts
+    )
+    assert len(calls) > 40 and len(keys) > 60, (len(calls), len(keys))
