@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import tomllib
+import yaml
 
 from experiments.config_reference import all_keys
 from tests.conftest import REPO
@@ -75,14 +76,33 @@ def console_scripts() -> set[str]:
 
 
 @cache
-def config_keys() -> dict[str, str]:
-    """key -> its type as written."""
-    return {k.key: k.type for k in all_keys()}
+def config_keys(owner: str | None = None) -> dict[str, str]:
+    """key -> its type as written; with ``owner`` (``intervention=hapo``) the keys of the run config and those of
+    that method or task only."""
+    keys = all_keys()
+    if owner is not None:
+        group = owner.split("=")[0] + "="
+        keys = [k for k in keys if not k.owner.startswith(group) or k.owner == owner]
+    return {k.key: k.type for k in keys}
 
 
-def key_problem(key: str) -> str | None:
-    """Why ``key`` is not a config key, or None when it is one (or lies under a free-form mapping)."""
-    keys = config_keys()
+@cache
+def registered_name(group: str, choice: str) -> str | None:
+    """The ``name`` a group file selects (``freeze_pos_high`` -> ``quadrant``, through its defaults list)."""
+    path = CONF / group / f"{choice}.yaml"
+    if not path.is_file():
+        return None
+    node = yaml.safe_load(path.read_text()) or {}
+    if "name" in node:
+        return node["name"]
+    parents = [d for d in node.get("defaults", []) if isinstance(d, str) and d != "_self_"]
+    return registered_name(group, parents[0]) if parents else None
+
+
+def key_problem(key: str, owner: str | None = None) -> str | None:
+    """Why ``key`` is not a config key (of the method or task ``owner`` when the command picks one), or None when
+    it is one (or lies under a free-form mapping)."""
+    keys = config_keys(owner)
     if key in keys:
         return None
     parts = key.split(".")
@@ -93,7 +113,7 @@ def key_problem(key: str) -> str | None:
             return None
         if parts[n].isdigit() and f"{prefix}[]." + ".".join(parts[n + 1 :]) in keys:
             return None
-    return f"{key!r} is not a config key"
+    return f"{key!r} is not a config key" + (f" of {owner}" if owner else "")
 
 
 def group_problem(group: str, value: str) -> str | None:
@@ -114,6 +134,14 @@ def problems(text: str) -> list[str]:
                 )
                 continue
             own_conf = any(a.startswith(("--config-dir", "-cd", "hydra.searchpath")) for a in args)
+            # a method's or task's keys are checked against the one the command picks (a key of another method
+            # would be refused at run time); without a choice, against all of them
+            picked = {}
+            for arg in args:
+                group, _, choice = arg.partition("=")
+                if group in ("intervention", "task") and "," not in choice and "<" not in choice:
+                    name = registered_name(group, choice)
+                    picked[group] = f"{group}={name}" if name else None
             for arg in args:
                 match = KEY.match(arg)
                 if (
@@ -132,7 +160,7 @@ def problems(text: str) -> list[str]:
                 elif prefix:
                     continue
                 else:
-                    problem = key_problem(key)
+                    problem = key_problem(key, picked.get(key.split(".")[0]))
                 if problem:
                     found.append(f"{script} ... {arg}: {problem}")
     return found
@@ -161,6 +189,10 @@ def test_the_check_reads_commands_and_catches_typos():
     assert problems("`quadrl-train intervention=none,hapoo`") == [
         "quadrl-train ... intervention=none,hapoo: intervention=hapoo: no conf/intervention/hapoo.yaml"
     ]
+    assert problems("`quadrl-train intervention=freeze_pos_high intervention.scale.neg_low=0`") == []
+    assert problems("`quadrl-train intervention=quadrant intervention.alpha=0.3`") == [
+        "quadrl-train ... intervention.alpha=0.3: 'intervention.alpha' is not a config key of intervention=quadrant"
+    ]
     assert problems("`quadrl-train --config-dir my/conf +eval=mine task=<task>`") == []
     assert problems("`quadrl-study +mechanism=nope`") == [
         "quadrl-study ... +mechanism=nope: mechanism=nope: no conf/mechanism/nope.yaml"
@@ -177,3 +209,11 @@ def test_the_documented_commands_are_many():
         scripts
     )
     assert len(calls) > 40 and len(keys) > 60, (len(calls), len(keys))
+
+
+def test_the_readme_links_resolve():
+    """The README is outside the site, so mkdocs' strict build does not check its links: every relative one must
+    name a file of the repository (the pages it points into)."""
+    links = re.findall(r"\]\(([^)\s]+)\)", (REPO / "README.md").read_text())
+    relative = [link.split("#")[0] for link in links if not re.match(r"[a-z]+:", link)]
+    assert len(relative) > 10 and [link for link in relative if not (REPO / link).is_file()] == []
