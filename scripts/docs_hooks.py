@@ -38,14 +38,23 @@ def console_scripts() -> dict[str, str]:
 
 
 def _cell(text: str) -> str:
-    """A docstring as one Markdown table cell: rst ``code`` as Markdown, no newlines or bare pipes."""
-    return re.sub(r"\s+", " ", text.replace("``", "`").replace("|", "\\|")).strip()
+    """A docstring as one Markdown table cell: rst ``code`` as Markdown, no newlines, no pipe that would split
+    the cell (Python-Markdown's tables leave a pipe inside a code span alone and render a backslash-escaped one
+    with its backslash, so a pipe outside code becomes its HTML entity)."""
+    text = re.sub(r"\s+", " ", text.replace("``", "`")).strip()
+    parts = text.split("`")
+    return "`".join(p if i % 2 else p.replace("|", "&#124;") for i, p in enumerate(parts))
+
+
+def _code(text: str) -> str:
+    """A value as one table cell in code: its pipes stay as they are (see :func:`_cell`)."""
+    return "`" + re.sub(r"\s+", " ", text).strip() + "`"
 
 
 def _row(k) -> str:
     # a nested config (``model.lora``) has no default of its own: its keys follow it
-    default = f"`{_cell(k.default)}`" if k.default else "(group)"
-    return f"| `{k.key}` | `{_cell(k.type)}` | {default} | {_cell(k.doc)} |"
+    default = _code(k.default) if k.default else "(group)"
+    return f"| `{k.key}` | {_code(k.type)} | {default} | {_cell(k.doc)} |"
 
 
 def config_page() -> str:
@@ -81,7 +90,7 @@ def config_page() -> str:
     for owner in sorted(o for o in by_owner if o.startswith("task=")):
         doc = inspect.getdoc(TASKS[owner.removeprefix("task=")]) or ""
         lines += [f"### `{owner}`", "", _cell(doc.split("\n\n")[0]), "", "| key | default |", "|---|---|"]
-        lines += [f"| `{k.key}` | `{_cell(k.default)}` |" for k in by_owner[owner]]
+        lines += [f"| `{k.key}` | {_code(k.default)} |" for k in by_owner[owner]]
         lines.append("")
     return "\n".join(lines) + "\n"
 
@@ -120,7 +129,7 @@ def metrics_page(pages: dict[str, str]) -> str:
         lines += [f"## {title}", "", f"| {kind} | documented in |", "|---|---|"]
         for name in sorted(found[kind]):
             where = ", ".join(f"[{p.removesuffix('.md')}](../{p})" for p in sorted(found[kind][name]))
-            lines.append(f"| `{_cell(name)}` | {where} |")
+            lines.append(f"| {_code(name)} | {where} |")
         lines.append("")
     return "\n".join(lines) + "\n"
 

@@ -15,6 +15,7 @@ Commands are read from ```bash blocks and from inline code spans. Not checked, o
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import shlex
 from functools import cache
@@ -217,3 +218,20 @@ def test_the_readme_links_resolve():
     links = re.findall(r"\]\(([^)\s]+)\)", (REPO / "README.md").read_text())
     relative = [link.split("#")[0] for link in links if not re.match(r"[a-z]+:", link)]
     assert len(relative) > 10 and [link for link in relative if not (REPO / link).is_file()] == []
+
+
+def test_the_reference_pages_hold_every_key_and_script():
+    """The site's reference pages are generated (scripts/docs_hooks.py): each config key, each console script."""
+    spec = importlib.util.spec_from_file_location("docs_hooks", REPO / "scripts" / "docs_hooks.py")
+    hooks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hooks)
+    config = hooks.config_page()
+    assert [k.key for k in all_keys() if f"| `{k.key}` |" not in config] == []
+    assert "| `algo.beta` |" in config and "| `intervention.alpha` |" in config  # a core key, a method's key
+    scripts = hooks.scripts_page()
+    assert [s for s in console_scripts() if f"## `{s}`" not in scripts] == []
+    metrics = hooks.metrics_page({"a.md": "logs `train/loss` and tags `quadrl.cpu`", "b.md": "`train/loss`"})
+    assert (
+        "| `train/loss` | [a](../a.md), [b](../b.md) |" in metrics
+        and "| `quadrl.cpu` | [a](../a.md) |" in metrics
+    )
