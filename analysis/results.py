@@ -1,5 +1,5 @@
-"""A study's results as a machine-readable file, the check of a fresh study against such a file, and the README
-tables generated from them.
+"""A study's results as a machine-readable file, the check of a fresh study against such a file, and the tables
+generated from them in the README and the documentation pages (``python -m analysis.results readme``).
 
 Results file (JSON, written by every report as ``results.json``)::
 
