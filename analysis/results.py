@@ -1,5 +1,5 @@
-"""A study's results as a machine-readable file, the check of a fresh study against such a file, and the README
-tables generated from them.
+"""A study's results as a machine-readable file, the check of a fresh study against such a file, and the tables
+generated from them in the README and the documentation pages (``python -m analysis.results readme``).
 
 Results file (JSON, written by every report as ``results.json``)::
 
@@ -382,8 +382,16 @@ def update_readme(readme: str | Path, root: str | Path | None = None, *, check: 
     return stale
 
 
+def marked_files(root: str | Path) -> list[Path]:
+    """The files under ``root`` that hold results tables: README.md and the documentation pages (docs/**/*.md)."""
+    root = Path(root)
+    candidates = [root / "README.md", *sorted((root / "docs").rglob("*.md"))]
+    return [p for p in candidates if p.is_file() and _BLOCK.search(p.read_text())]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m analysis.results readme [--check]``: regenerate (or check) the README's results tables.
+    """``python -m analysis.results readme [--check]``: regenerate (or check) the results tables of README.md and
+    of every documentation page that holds one (from the repository root; a table's FILE is relative to it).
     ``python -m analysis.results compare FRESH REFERENCE``: the reference check of two results files (exit 1 when a
     condition differs or a flip reverses an ordering the reference resolved)."""
     parser = argparse.ArgumentParser(
@@ -392,8 +400,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    readme = commands.add_parser("readme", help="regenerate the README's tables from their results files")
-    readme.add_argument("--readme", default="README.md")
+    readme = commands.add_parser(
+        "readme", help="regenerate the tables of README.md and docs/**/*.md from their results files"
+    )
+    readme.add_argument("--root", default=".", help="the repository root (default: the working directory)")
     readme.add_argument("--check", action="store_true", help="exit 1 if a table is stale, write nothing")
     compare = commands.add_parser("compare", help="check one results file against another")
     compare.add_argument("fresh", help="results file of the study to check (a report's results.json)")
@@ -410,9 +420,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(reference_markdown(check, args.reference))
         print(reference_summary_line(check))
         return 1 if (check.disagreements or check.resolved_flips) else 0
-    stale = update_readme(args.readme, check=args.check)
-    for path in stale:
-        print(f"{'stale' if args.check else 'regenerated'}: the table of {path}")
+    stale = []
+    for page in marked_files(args.root):
+        for path in update_readme(page, args.root, check=args.check):
+            stale.append(path)
+            print(f"{'stale' if args.check else 'regenerated'}: the table of {path} in {page}")
     return 1 if (stale and args.check) else 0
 
 

@@ -217,8 +217,8 @@ def markdown(sections: Sequence[Section], cfg: QuadrlConfig, task: str, notes: S
         "Shares are of the batch's total over all response tokens; `zero_adv` holds the tokens of groups whose "
         "rewards are all equal (A = 0: in no quadrant). delta^2 share: sum(delta^2 - se^2), an unbiased estimate "
         "of the share of sum delta^2 (it can leave [0, 1] where credit is below the noise). I share and I / H: over "
-        "the positions where I was estimated. [lo, hi]: 95% bootstrap interval over prompt groups. Scoreboard columns: experiments/scoreboard.py and README, 'Where "
-        "credit sits'.",
+        "the positions where I was estimated. [lo, hi]: 95% bootstrap interval over prompt groups. Scoreboard columns: experiments/scoreboard.py and "
+        "docs/studies/credit-probe.md.",
     ]
     return "\n".join(lines) + "\n"
 

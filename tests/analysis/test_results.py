@@ -16,6 +16,7 @@ from analysis.results import (
     check_against,
     diff_interval,
     main,
+    marked_files,
     read_results,
     results_table,
     update_readme,
@@ -223,5 +224,29 @@ def test_readme_tables_are_generated_from_the_results_files(tmp_path):
     assert update_readme(readme, check=True) == []
 
 
-def test_the_repository_readme_tables_match_their_results_files():
-    assert update_readme(REPO / "README.md", check=True) == []
+def test_the_command_regenerates_every_page_that_holds_a_table(tmp_path):
+    """``python -m analysis.results readme`` covers README.md and the docs pages, paths relative to the root."""
+    results = study(tmp_path, "ref", REFERENCE)
+    (tmp_path / "docs" / "studies").mkdir(parents=True)
+    (tmp_path / "docs" / "results.json").write_text(json.dumps(results))
+    block = "<!-- results: docs/results.json -->\nold\n<!-- /results -->\n"
+    readme, page, plain = (
+        tmp_path / "README.md",
+        tmp_path / "docs" / "studies" / "a.md",
+        tmp_path / "docs" / "b.md",
+    )
+    readme.write_text(block)
+    page.write_text("# A\n" + block)
+    plain.write_text("# B, no table\n")
+    assert marked_files(tmp_path) == [readme, page]
+    assert main(["readme", "--root", str(tmp_path), "--check"]) == 1 and "old" in page.read_text()
+    assert main(["readme", "--root", str(tmp_path)]) == 0
+    assert results_table(results) in readme.read_text() and results_table(results) in page.read_text()
+    assert main(["readme", "--root", str(tmp_path), "--check"]) == 0
+
+
+def test_the_repository_tables_match_their_results_files():
+    pages = marked_files(REPO)
+    # the front page holds the main study's table; the study pages hold all three
+    assert REPO / "README.md" in pages and len(pages) >= 4, pages
+    assert [(p, update_readme(p, REPO, check=True)) for p in pages] == [(p, []) for p in pages]
