@@ -25,6 +25,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from experiments import CONF_DIR
 from experiments import scoreboard as board
 from experiments.eval import checkpoint_state as run_checkpoint
 from experiments.eval import load_run_policy
@@ -32,7 +33,8 @@ from experiments.probe_report import Section, write_report
 from experiments.tasks import make_task
 from experiments.tasks.fork import agreement, as_probe
 from experiments.tracking import Tracker, flatten, git_commit
-from experiments.train import job_overrides
+from experiments.train import job_overrides, refuse
+from grpo.checks import ConfigError
 from grpo.config import QuadrlConfig, register_configs, validate
 from grpo.probe import CreditProbe, ProbePlan, credit_summary, probe_credit, share_intervals
 from grpo.trainer import sample_groups
@@ -176,9 +178,12 @@ def run(raw: DictConfig) -> dict[str, float]:
         tracker.finish(status)
 
 
-@hydra.main(version_base=None, config_path="../conf", config_name="config")
+@hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="config")
 def main(raw: DictConfig) -> None:
-    run(raw)
+    try:
+        run(raw)
+    except ConfigError as exc:  # a refused value: one line and exit 2, as quadrl-train does (train.refuse)
+        refuse("quadrl-probe", exc)
 
 
 if __name__ == "__main__":

@@ -129,6 +129,51 @@ def sweep_grid(cfg, overrides: list[str]) -> dict[str, list[str]]:
     return {k: [v] if "(" in v else [x.strip() for x in v.split(",")] for k, v in grid.items()}
 
 
+def conditions(cfg, overrides: list[str]) -> list[list[str]]:
+    """One override list per value of each swept key (the preset's grid and the command line's sweeps), the other
+    swept keys at their first value: every value a job will run with, each composed once by :func:`check_all`."""
+    parser = OverridesParser.create()
+    params = OmegaConf.to_container(cfg.hydra.sweeper.params, resolve=False)
+    lines = [f"{k}={v}" for k, v in params.items()]
+    swept = {line.partition("=")[0].lstrip("+") for line in lines}
+    # a command-line override of a preset key replaces its values, as Hydra does; a new sweep adds a key
+    given = {o.partition("=")[0].lstrip("+") for o in overrides}
+    lines = [x for x in lines if x.partition("=")[0].lstrip("+") not in given]
+    lines += [o for o in overrides if is_sweep(o) or o.partition("=")[0].lstrip("+") in swept]
+    fixed = [o for o in overrides if o not in lines]
+    grid: dict[str, list[str]] = {}
+    for override in parser.parse_overrides(lines):
+        key = override.get_key_element()
+        if override.is_sweep_override():
+            try:
+                grid[key] = [str(v) for v in override.sweep_string_iterator()]
+            except Exception:  # noqa: BLE001  a sweep Hydra cannot list (interval): its jobs check their own
+                continue
+        else:
+            grid[key] = [override.get_value_element_as_str()]
+    first = {k: f"{k}={v[0]}" for k, v in grid.items()}
+    return [
+        [*fixed, *(f for other, f in first.items() if other != key), f"{key}={value}"]
+        for key, values in grid.items()
+        for value in values
+    ] or [fixed]
+
+
+def check_all(preset: str, cfg, overrides: list[str]) -> None:
+    """Compose and check every condition of the sweep (:func:`conditions`) before any job or model exists;
+    ConfigError naming the condition whose value is refused."""
+    from experiments.train import check
+    from grpo.checks import ConfigError
+
+    for condition in conditions(cfg, overrides):
+        try:
+            check(study_config(preset, condition, with_hydra=False))
+        except (HydraException, OmegaConfBaseException, ConfigError) as exc:
+            # one line: Hydra's "could not find" lists every option on the lines after the first
+            first_line = str(exc).strip().splitlines()[0]
+            raise ConfigError(f"condition {condition[-1]}: {first_line}") from exc
+
+
 def teachers(preset: str, overrides: list[str], grid: dict[str, list[str]]) -> list:
     """The configs (one per distinct teacher) of the grid's conditions that distil from the built-in teacher."""
     from experiments.base_model import teacher_recipe
@@ -178,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = study_config(args.preset, args.overrides)
         plain = study_config(args.preset, args.overrides, with_hydra=False)
         check(plain)
+        check_all(args.preset, cfg, args.overrides)
     except (HydraException, OmegaConfBaseException, ConfigError) as exc:
         print(f"quadrl-study: error: {exc}", file=sys.stderr)
         return 2

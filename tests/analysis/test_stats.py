@@ -9,6 +9,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.stats as sps
 
 from analysis.load import condition_from_tags, load_runs, seed_from
 from analysis.stats import (
@@ -95,6 +96,20 @@ def test_compare_to_control_planted_difference():
     assert out["p_mwu"] == pytest.approx(2 / 252)  # exact MWU, complete separation of 5 vs 5
     one = compare_to_control([0.9], [0.7, 0.71, 0.69])
     assert math.isnan(one["p_welch"]) and one["mean_diff"] == pytest.approx(0.2)
+
+
+def test_welch_p_value_matches_the_formula():
+    """t = (mean_x - mean_y) / sqrt(vx/nx + vy/ny) and the Welch-Satterthwaite df, by hand; p = 2 P(T_df > |t|)."""
+    x, y = [0.61, 0.70, 0.55, 0.72, 0.66], [0.10, 0.58, 0.21, 0.72, 0.49, 0.05, 0.62]
+    mx, my = sum(x) / len(x), sum(y) / len(y)
+    vx = sum((v - mx) ** 2 for v in x) / (len(x) - 1) / len(x)  # squared standard errors
+    vy = sum((v - my) ** 2 for v in y) / (len(y) - 1) / len(y)
+    t = (mx - my) / math.sqrt(vx + vy)
+    df = (vx + vy) ** 2 / (vx**2 / (len(x) - 1) + vy**2 / (len(y) - 1))
+    assert 7.0 < df < 7.1  # unequal variances: Welch's df, far from the pooled 10
+    want = 2 * sps.t.sf(abs(t), df)
+    assert compare_to_control(x, y)["p_welch"] == pytest.approx(want, rel=1e-9)
+    assert compare_to_control(y, x)["p_welch"] == pytest.approx(want, rel=1e-9)
 
 
 def test_false_positive_rate_of_null_draws():

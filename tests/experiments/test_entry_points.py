@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import tomllib
 from mlflow import MlflowClient
 
-from tests.conftest import REPO
+from tests.conftest import FORK_PARAMS, REPO
 
 BIN = Path(sys.executable).parent
 TINY_MATH = [
@@ -50,12 +52,25 @@ def output(proc: subprocess.CompletedProcess) -> str:
 
 
 def one_line_refusal(proc: subprocess.CompletedProcess, prog: str) -> str:
-    """The refusal's message, after checking it is a single ``prog: error:`` line and a non-zero exit."""
-    assert proc.returncode != 0, output(proc)
+    """The refusal's message, after checking it is a single ``prog: error:`` line and exit 2 (a usage error)."""
+    assert proc.returncode == 2, output(proc)
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"{prog}: error: "), output(proc)
     assert "Traceback" not in proc.stderr + proc.stdout
     return lines[0]
+
+
+def test_every_console_script_has_a_run_and_a_refusal_from_an_empty_folder():
+    """The scripts are read from pyproject.toml, so a new one without a run from an empty folder and a checked
+    one-line refusal in this module fails here."""
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    tests = {name for name in globals() if name.startswith("test_quadrl_") and "empty_folder" in name}
+    no_run = sorted(
+        n for n in scripts if not any(t.startswith(f"test_{n.replace('-', '_')}_") for t in tests)
+    )
+    assert not no_run, f"console scripts without a run from an empty folder: {no_run}"
+    refused = set(re.findall(r'one_line_refusal\(\w+, "([\w-]+)"\)', Path(__file__).read_text()))
+    assert not set(scripts) - refused, f"console scripts without a one-line refusal: {set(scripts) - refused}"
 
 
 def test_quadrl_train_one_step_from_an_empty_folder(tmp_path, tiny_model_dir, math_jsonl):
@@ -175,6 +190,27 @@ def test_quadrl_study_refuses_before_building_anything(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [], "something was built before the refusal"
 
 
+def test_quadrl_study_refuses_any_swept_value_before_building_anything(tmp_path):
+    # the bad value is the second of the sweep, and a preset condition replaced on the command line
+    proc = entry_point("quadrl-study", "algo.group_size=8,-4", cwd=tmp_path)
+    line = one_line_refusal(proc, "quadrl-study")
+    assert line.startswith("quadrl-study: error: condition algo.group_size=-4: algo.group_size must be >= 2")
+    proc = entry_point("quadrl-study", "intervention=none,no_such_intervention", cwd=tmp_path)
+    assert "condition intervention=no_such_intervention: " in one_line_refusal(proc, "quadrl-study")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [], "something was built before the refusal"
+
+
+def test_a_study_checks_every_condition_of_the_preset():
+    from experiments.study import conditions, study_config
+
+    checked = {c[-1] for c in conditions(study_config("quadrant_mechanisms", []), [])}
+    mechanisms = study_config("quadrant_mechanisms", []).hydra.sweeper.params["+mechanism"].split(",")
+    assert checked == {f"+mechanism={m}" for m in mechanisms} | {f"seed={s}" for s in range(5)}
+    swept = {c[-1] for c in conditions(study_config("quadrant_study", []), ["seed=7", "algo.group_size=4,8"])}
+    assert {"seed=7", "algo.group_size=4", "algo.group_size=8", "intervention=hapo"} <= swept
+    assert not any(c.startswith("seed=") and c != "seed=7" for c in swept)
+
+
 @pytest.mark.slow
 def test_quadrl_study_from_an_empty_folder(tmp_path, sft_model_dir, math_jsonl):
     proc = entry_point(
@@ -202,3 +238,33 @@ def test_quadrl_study_from_an_empty_folder(tmp_path, sft_model_dir, math_jsonl):
     assert "viewStateShareKey=quadrl-sweep-" in last[0] and "workflowType=machine_learning" in last[0]
     assert f"mlflow ui --backend-store-uri sqlite:///{tmp_path.resolve() / 'mlflow.db'}" in last[1]
     assert (tmp_path / "sweep" / "report" / "report.md").is_file() and (tmp_path / "mlflow.db").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.ci
+def test_quadrl_probe_from_an_empty_folder(tmp_path, fork_model_dir):
+    proc = entry_point(
+        "quadrl-probe",
+        "model=local",
+        f"model.path={fork_model_dir}",
+        "task=fork",
+        *[f"task.{k}={v}" for k, v in FORK_PARAMS.items()],
+        "probe.n_prompts=2",
+        "probe.group_size=2",
+        "probe.k=2",
+        "probe.info_per_response=1",
+        "probe.progress=false",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, output(proc)
+    # the outputs land in the working directory
+    (report,) = (tmp_path / "runs").glob("*/*/probe_report/report.md")
+    assert "| pos_high |" in report.read_text() and (tmp_path / "mlflow.db").is_file()
+
+
+def test_quadrl_probe_refuses_a_value_in_one_line(tmp_path):
+    proc = entry_point("quadrl-probe", "tracking=off", "probe.k=0", cwd=tmp_path)
+    assert "probe.k" in one_line_refusal(proc, "quadrl-probe")
+    assert sorted(p.name for p in tmp_path.iterdir()) in ([], ["runs"]), (
+        "a model or report before the refusal"
+    )

@@ -241,3 +241,33 @@ def test_trainer_logs_reward_time_timeouts_and_errors_per_step(tmp_path, tiny_mo
     assert first["train/reward_timeouts"] == 6 and first["train/reward_errors"] == 3
     assert first["perf/reward_time_s"] >= 0.15
     assert trainer.step(1)["train/reward_timeouts"] == 6, "the counts are per step, not cumulative"
+
+
+HOSTILE = "\\boxed{10^{10^{10}}!}"
+DEADLINE_SLACK_S = 2.5
+"""What a verification may cost beyond ``timeout_seconds``: pebble noticing the deadline, the kill, the result's
+return, on a loaded shared CPU (measured 0.1-0.75 s). Below the 3.5 s extra that ``\\boxed{10^{10^{10}}!}``
+against ``2\\sqrt{2}`` cost (5.5 s at a 2 s limit) when the worker ignored pebble's SIGTERM until its SIGKILL 3 s
+later (experiments/tasks/workers.py's ``_die_on_sigterm``)."""
+
+
+@pytest.mark.parametrize("from_thread", [False, True], ids=["main", "thread"])
+def test_a_verification_ends_within_the_deadline_whatever_the_answer(problems, from_thread):
+    task = make_task("math_file", path=str(problems), test_fraction=0.5, timeout_seconds=2, verify_workers=1)
+    assert task.reward(Example("", "1"), "\\boxed{1}") == 1.0  # the pool is up: what follows times calls only
+    took: dict[str, float] = {}
+
+    def score(reference: str) -> None:
+        started = time.perf_counter()
+        assert task.reward(Example("", reference), HOSTILE) == 0.0
+        took[reference] = time.perf_counter() - started
+
+    for reference in ("2\\sqrt{2}", "3/4", "2"):  # 2\sqrt{2} keeps the worker inside one C-level operation
+        if from_thread:
+            caller = threading.Thread(target=score, args=(reference,))
+            caller.start()
+            caller.join(60)
+        else:
+            score(reference)
+    assert len(took) == 3, f"a call raised or hung: {took}"
+    assert max(took.values()) < 2 + DEADLINE_SLACK_S, f"seconds per answer at a 2 s limit: {took}"

@@ -101,10 +101,15 @@ def test_minibatches_never_empty_when_fewer_groups_than_minibatches(tmp_path, ti
     assert sorted(torch.cat(sets).tolist()) == list(range(8))
 
 
-def test_dynamic_sampling_reports_the_unfiltered_reward(tmp_path, tiny_model_dir, math_jsonl):
+def test_dynamic_sampling_reports_the_unfiltered_reward(tmp_path, tiny_model_dir, math_jsonl, monkeypatch):
     trainer = make_trainer(tmp_path, tiny_model_dir, math_jsonl, "algo=dapo")
+    sampled: list[torch.Tensor] = []  # every round's rewards, recorded around the real sampler
+    sample = trainer.sample_groups
+    monkeypatch.setattr(trainer, "sample_groups", lambda ex: sampled.append((b := sample(ex)).rewards) or b)
     batch, stats = trainer.rollout()
-    assert 0.0 <= stats["train/reward_mean_sampled"] <= 1.0
+    everything = float(torch.cat(sampled).mean())
+    assert everything != float(batch.rewards.mean()), "filtering changed nothing: the test could not tell"
+    assert stats["train/reward_mean_sampled"] == pytest.approx(everything)
     for g in batch.group_ids.unique():
         rewards = batch.rewards[batch.group_ids == g]
         assert rewards.min() < rewards.max()

@@ -67,3 +67,17 @@ def test_intervention_runs_end_to_end_with_diagnostics(tmp_path, store, sft_mode
     assert 0.0 <= shares <= 1.0 + 1e-6
     steps = {m.step for m in client.get_metric_history(rec.info.run_id, "quadrant/pos_high/grad_norm_share")}
     assert steps == {0, 1}
+    # the intervention acted: a quadrant its preset freezes (scale 0) got weight 0 at every step it had tokens,
+    # and intervention=none left every token at weight 1
+    scale = cfg.intervention.scale if cfg.intervention.name == "quadrant" else {}
+    expected = {q: 0.0 for q in QUADRANTS if scale.get(q) == 0.0}
+    if preset == "none":
+        expected = dict.fromkeys(QUADRANTS, 1.0)
+    seen = 0
+    for q, weight in expected.items():
+        shares = {m.step: m.value for m in client.get_metric_history(rec.info.run_id, f"quadrant/{q}/share")}
+        for m in client.get_metric_history(rec.info.run_id, f"quadrant/{q}/weight_mean"):
+            if shares[m.step] > 0:
+                assert m.value == weight, (q, m.step, m.value)
+                seen += 1
+    assert seen or not expected, f"no step had tokens in {sorted(expected)}: nothing checked"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -60,6 +61,47 @@ def test_hapo_keeps_sign_and_bounds_magnitude(facts, config):
     assert bool((new.abs() >= a.abs() * (1 - r) - tol).all())
     assert bool((new.abs() <= a.abs() * (1 + r) + tol).all())
     assert torch.equal(out.weights, facts.response_mask.float())
+    # the formula itself, computed here independently (numpy, per pool): an identity HAPO fails this
+    want = hand_hapo(facts, config)
+    assert np.allclose(new.numpy(), want, rtol=1e-5, atol=1e-9), (new.numpy(), want)
+
+
+def hand_hapo(facts: TokenFacts, config: dict) -> np.ndarray:
+    """A' = A + alpha sign(A) clip(z, -|A|/phi, |A|/phi), z the entropy standardised (ddof 0) over the scope's
+    response tokens (0 where the pool's std < 1e-8), written from docs/background.md, not from interventions/."""
+    mask = facts.response_mask.numpy().astype(bool)
+    ent = facts.entropy.numpy().astype(np.float64)
+    adv = facts.advantages.numpy().astype(np.float64)
+    rows = np.arange(mask.shape[0])
+    pool = {"batch": np.zeros_like(rows), "group": facts.group_ids.numpy(), "sequence": rows}[config["scope"]]
+    z = np.zeros_like(ent)
+    for p in np.unique(pool):
+        sel = mask & (pool == p)[:, None]
+        if sel.any() and ent[sel].std() >= 1e-8:
+            z[sel] = (ent[sel] - ent[sel].mean()) / ent[sel].std()
+    bound = np.abs(adv) / config["phi"]
+    new = adv + config["alpha"] * np.sign(adv) * np.clip(z, -bound, bound)
+    return np.where(mask, new, adv)
+
+
+def test_hapo_moves_credit_toward_high_entropy_tokens():
+    """Two tokens, A = 1 and -1 each, entropies 0 and 2 (z = -1, +1): |A'| = 1 -+ alpha/phi = 0.9, 1.1."""
+    mask = torch.ones(2, 2, dtype=torch.bool)
+    zeros = torch.zeros(2, 2)
+    facts = TokenFacts(
+        advantages=torch.tensor([[1.0, 1.0], [-1.0, -1.0]]),
+        entropy=torch.tensor([[0.0, 2.0], [0.0, 2.0]]),
+        behaviour_logprobs=zeros,
+        old_logprobs=zeros,
+        response_mask=mask,
+        group_ids=torch.tensor([0, 1]),
+        rewards=torch.zeros(2),
+        step=0,
+    )
+    out = build_intervention({"name": "hapo", "scope": "sequence"}).credit(
+        facts, TokenCredit.grpo_default(facts), torch.Generator()
+    )
+    assert torch.allclose(out.advantages, torch.tensor([[0.9, 1.1], [-0.9, -1.1]]))
 
 
 @settings(max_examples=100, deadline=None)
