@@ -268,3 +268,23 @@ def test_quadrl_probe_refuses_a_value_in_one_line(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) in ([], ["runs"]), (
         "a model or report before the refusal"
     )
+
+
+def test_quadrl_eval_from_an_empty_folder(tmp_path):
+    """The shipped arith base on a one-benchmark suite (arith's own test split): one MLflow run in the folder."""
+    proc = entry_point(
+        "quadrl-eval",
+        "task=arith",
+        "train.threads=1",
+        "+eval.suite=[{name: arith_test, task: arith, n_prompts: 4, k: 2, greedy: true}]",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, output(proc)
+    assert "eval/arith_test/avg_at_2" in proc.stdout and (tmp_path / "mlflow.db").is_file(), output(proc)
+
+
+def test_quadrl_eval_refuses_an_empty_suite_in_one_line(tmp_path):
+    proc = entry_point("quadrl-eval", "task=arith", "tracking=off", cwd=tmp_path)
+    assert "eval.suite is empty" in one_line_refusal(proc, "quadrl-eval")
+    # Hydra makes its job folder (runs/) before the app runs; nothing else may be there
+    assert sorted(p.name for p in tmp_path.iterdir()) in ([], ["runs"]), "a model or a run before the refusal"
