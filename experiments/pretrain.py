@@ -93,13 +93,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"quadrl-pretrain: error: unknown task {args.task!r}; registered tasks: {sorted(TASKS)}",
             file=sys.stderr,
         )
-        return 1
+        return 2  # a refused value exits 2, as argparse and the other entry points do
     from experiments.base_model import PretrainError, ensure_base_model, pretrain, recipe_from, ship
     from runrecord import DEFAULT_TRACKING_URI
 
     if args.name is not None and not args.ship:
         print("quadrl-pretrain: error: --name names a shipped model: it needs --ship", file=sys.stderr)
-        return 1
+        return 2
     params = parse_params(args.params)
     uri = args.tracking_uri or DEFAULT_TRACKING_URI
     tracking_uri = None if uri.lower() == "none" else uri
