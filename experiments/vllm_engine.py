@@ -128,6 +128,7 @@ class VllmEngine:
             seed=seed,
             logprobs_mode="processed_logprobs",
             enable_prefix_caching=True,
+            skip_tokenizer_init=True,  # prompts go in as ids, ids come out: vLLM's tokenizer is never used
             **kwargs,
         )
         self.start_s = time.perf_counter() - started
@@ -246,10 +247,23 @@ class VllmEngine:
         )
 
 
+_ENGINES: dict[tuple[str, str, int], VllmEngine] = {}
+
+
 def build_engine(cfg: QuadrlConfig, policy: Any, seed: int = 0) -> VllmEngine:
-    """The engine for a loaded policy (its directory, its dtype); refuses an architecture vLLM cannot load."""
+    """The engine for a loaded policy (its directory, its dtype); refuses an architecture vLLM cannot load.
+
+    One engine per (directory, dtype, context length) per process: a second run in the same process (a test
+    module, a sweep's local jobs) reuses it, marked unsynced so that its first generate pushes the new
+    policy's weights (vLLM frees an engine's memory unreliably when it is dropped).
+    """
     check_model_dir(Path(policy.path))
     dtype = next(policy.model.parameters()).dtype
-    return VllmEngine(
-        Path(policy.path), dtype, cfg.rollout, seed=seed, max_model_len=cfg.rollout.max_model_len
-    )
+    key = (str(Path(policy.path).resolve()), str(dtype), cfg.rollout.max_model_len)
+    engine = _ENGINES.get(key)
+    if engine is None:
+        engine = _ENGINES[key] = VllmEngine(
+            Path(policy.path), dtype, cfg.rollout, seed=seed, max_model_len=cfg.rollout.max_model_len
+        )
+    engine.synced = False
+    return engine
