@@ -92,9 +92,14 @@ def main() -> None:
             gen = torch.Generator().manual_seed(0)
             prompts = [torch.randint(3, vocab - 3, (12,), generator=gen).tolist() for _ in range(8)]
             batch = [p for p in prompts for _ in range(8)]
-            kw = {"max_new_tokens": args.new_tokens, "eos_id": vocab + 7, "pad_id": 0}  # an id never drawn
+            new_tokens = min(
+                args.new_tokens, model.config.max_position_embeddings - 12
+            )  # tiny: 256 positions
+            kw = {"max_new_tokens": new_tokens, "eos_id": vocab + 7, "pad_id": 0}  # an id never drawn
             started = time.perf_counter()
-            engine = VllmEngine(path, torch.float32, RolloutConfig(engine="vllm"), seed=0, max_model_len=1024)
+            engine = VllmEngine(
+                path, torch.float32, RolloutConfig(engine="vllm"), seed=0, max_model_len=12 + new_tokens
+            )
             start_s = time.perf_counter() - started
             push_s = [engine.push_weights(model)["perf/weight_push_s"] for _ in range(3)]
             timings: dict[str, list[tuple[float, float]]] = {"native": [], "vllm": []}
@@ -122,6 +127,7 @@ def main() -> None:
             row = {
                 "size": size,
                 "params_m": round(n_params / 1e6, 1),
+                "new_tokens": new_tokens,
                 "native_tok_s": round(native_wall, 1),
                 "vllm_tok_s": round(vllm_wall, 1),
                 "vllm_over_native_wall": round(vllm_wall / native_wall, 2),
