@@ -6,7 +6,7 @@ weight push as a share of a step. Runs in .venv-vllm (``bash scripts/setup.sh --
 
 Sizes: ``tiny`` is the shipped arith base (models/arith); ``20m`` and ``100m`` are Qwen2-shaped models built
 from a config (random weights, 32k vocabulary, float32) in a temp directory. Each size: 8 prompts x G = 8,
-``--new-tokens`` new tokens (EOS ignored by neither engine: random weights rarely stop), temperature 1; the
+``--new-tokens`` new tokens (no stop token: every response runs to the end in both engines), temperature 1; the
 two engines alternate ``--rounds`` times and the median wall and CPU tokens/s are printed with their ratio. The
 step share of a push: push time / (rollout + update + push), the update being one forward + backward + AdamW step
 over the sampled batch.
@@ -75,7 +75,7 @@ def main() -> None:
         for size in args.sizes.split(","):
             cmd = [sys.executable, __file__, "--child", "--sizes", size, "--new-tokens", str(args.new_tokens)]
             cmd += ["--rounds", str(args.rounds), "--threads", str(args.threads)]
-            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+            out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
             results.append(json.loads(out.strip().splitlines()[-1]))
             print(json.dumps(results[-1]), flush=True)
         table(results)
@@ -95,7 +95,11 @@ def main() -> None:
             new_tokens = min(
                 args.new_tokens, model.config.max_position_embeddings - 12
             )  # tiny: 256 positions
-            kw = {"max_new_tokens": new_tokens, "eos_id": vocab + 7, "pad_id": 0}  # an id never drawn
+            kw = {
+                "max_new_tokens": new_tokens,
+                "eos_id": [],
+                "pad_id": 0,
+            }  # no stop: every row runs to the end
             started = time.perf_counter()
             engine = VllmEngine(
                 path, torch.float32, RolloutConfig(engine="vllm"), seed=0, max_model_len=12 + new_tokens

@@ -185,7 +185,7 @@ class VllmEngine:
                 top_p=1.0 if g else top_p,
                 max_tokens=max_new_tokens,
                 stop_token_ids=stops,
-                ignore_eos=False,
+                ignore_eos=not stops,  # no stop ids: run to max_tokens, as the native sampler does
                 logprobs=0,
                 seed=int(s),
                 skip_special_tokens=False,

@@ -180,6 +180,11 @@ def test_first_tokens_follow_the_trainers_distribution(engine, policy, temperatu
     # the two prompts whose first token is most uncertain under this (T, top_p), from 400 test prompts: the
     # sharpest test (most first tokens are near-certain; a 1-token nucleus would test nothing)
     pool = [policy.encode_prompt(ex.prompt, ex.messages) for ex in list(make_task("arith").test())[:400]]
+    # the trained base is near-certain of its first token on task prompts (at T = 0.7 / top_p = 0.9 every one's
+    # nucleus is 1 token): seeded random-character prompts give flatter distributions of the same policy
+    chars = torch.Generator().manual_seed(5)
+    pool += [policy.encode_prompt("".join(map(str, torch.randint(0, 10, (6,), generator=chars).tolist())) + "+")
+             for _ in range(200)]  # fmt: skip
     ents = []
     for p in pool:
         probs = _first_token_probs(model, p, temperature, top_p)
