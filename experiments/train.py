@@ -182,6 +182,11 @@ def check(raw: DictConfig) -> Checked:
     except (ValueError, FileNotFoundError) as exc:  # an unknown parameter, a missing file, a malformed row
         raise ConfigError(str(exc)) from exc
     suite = build_suite(cfg.eval.suite, task, task_params)
+    if cfg.rollout.engine == "vllm":  # vllm missing, several processes, an architecture it cannot load
+        from experiments.vllm_engine import check_config as check_vllm
+
+        # a multi-task SLURM job sets WORLD_SIZE only later (from_slurm): its task count says the same now
+        check_vllm(cfg, int(os.environ.get("WORLD_SIZE") or os.environ.get("SLURM_NTASKS") or "1"))
     return Checked(cfg, task_params, intervention_params, intervention, task, suite)
 
 
@@ -273,7 +278,14 @@ def run(raw: DictConfig) -> dict[str, float]:
                     **_built_accuracy("quadrl.base_model_accuracy", path),
                 }
             )
+        if cfg.rollout.engine == "vllm":
+            from experiments.vllm_engine import build_engine, check_model_dir
+
+            check_model_dir(path)  # before the policy loads
         policy = load_policy(cfg.model, path, need_reference=cfg.algo.beta > 0, seed=cfg.seed)
+        if cfg.rollout.engine == "vllm":
+            policy.engine = build_engine(cfg, policy, seed=cfg.seed)
+            tracker.set_tags({"quadrl.rollout": f"vllm (started in {policy.engine.start_s:.1f} s)"})
         blocker = fast_path_blocker(policy.model)  # which decoder the sampler takes (grpo/decode.py)
         tracker.set_tags({"quadrl.sampler": "fast" if blocker is None else f"generic: {blocker}"})
         teacher = None

@@ -26,6 +26,8 @@ DType = Literal["auto", "float32", "bfloat16", "float16"]
 ChatTemplate = Literal["auto", "never"]
 AdvantageSource = Literal["reward", "teacher"]
 TeacherSource = Literal["builtin", "local"]
+RolloutEngineName = Literal["native", "vllm"]
+TisLevel = Literal["off", "token", "sequence"]
 
 
 @dataclass
@@ -136,6 +138,29 @@ class SamplingConfig:
     max_new_tokens: int | None = None
     """Longest response; also Dr. GRPO's constant normaliser. null = the task's own budget (arith: 9 tokens a
     digit plus the answer, countdown 40, math_file ``task.max_new_tokens``), logged in the run's params."""
+
+
+@dataclass
+class RolloutConfig:
+    engine: str = "native"
+    """Who samples rollouts and evaluation completions: 'native' (quadrl's KV-cache sampler over the training
+    model, grpo/rollout.py) or 'vllm' (a colocated in-process vLLM engine, experiments/vllm_engine.py; needs
+    ``bash scripts/setup.sh --vllm``). Presets: conf/rollout/."""
+    tis: str = "off"
+    """Truncated importance sampling against the sampler/trainer mismatch (grpo/mismatch.py): 'off', 'token'
+    (w_t = min(pi_trainer/pi_sampler, C) per token) or 'sequence' (one capped ratio of products per response).
+    Acts only where the engine returns its own log-probs (vllm)."""
+    tis_cap: float = 2.0
+    """C, the cap on the importance ratio (TRL's default is 3.0, verl's 2.0)."""
+    kv_cache_gib: int = 1
+    """vLLM on CPU: KV-cache size in GiB (VLLM_CPU_KVCACHE_SPACE)."""
+    gpu_memory_utilization: float = 0.3
+    """vLLM on CUDA: share of GPU memory the engine may take (the trainer shares the device)."""
+    sleep: bool = True
+    """vLLM on CUDA: free the KV cache during the update (sleep mode level 1) and wake up before the weight
+    push. Ignored on CPU, where the (small, fixed) KV cache stays allocated."""
+    max_model_len: int = 0
+    """vLLM's context length (prompt + response); 0 = the model's own limit, at most 4096."""
 
 
 @dataclass
@@ -254,6 +279,8 @@ class QuadrlConfig:
     """Intervention name and its parameters (validated by the intervention registry)."""
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     """How training rollouts are sampled."""
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    """Which engine samples (native or vLLM) and the mismatch correction (presets: conf/rollout/)."""
     optim: OptimConfig = field(default_factory=OptimConfig)
     """Optimiser (AdamW or SGD), learning-rate schedule, gradient clipping."""
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -292,6 +319,8 @@ _CHOICES = {
     "model.chat_template": ChatTemplate,
     "algo.advantage": AdvantageSource,
     "algo.teacher.source": TeacherSource,
+    "rollout.engine": RolloutEngineName,
+    "rollout.tis": TisLevel,
 }
 """Keys whose value must be one of a Literal type's values (the types the code that uses them declares)."""
 
@@ -366,6 +395,11 @@ def validate(cfg: QuadrlConfig) -> None:
         a.dynamic_sampling_max_rounds >= 0,
         f"algo.dynamic_sampling_max_rounds must be >= 0, got {a.dynamic_sampling_max_rounds}",
     )
+    r = cfg.rollout
+    _check(r.tis_cap >= 1.0, f"rollout.tis_cap must be >= 1, got {r.tis_cap}")
+    _check(r.kv_cache_gib >= 1, f"rollout.kv_cache_gib must be >= 1, got {r.kv_cache_gib}")
+    _check(0 < r.gpu_memory_utilization < 1, "rollout.gpu_memory_utilization must be in (0, 1)")
+    _check(r.max_model_len >= 0, f"rollout.max_model_len must be >= 0, got {r.max_model_len}")
     _check(a.adv_eps >= 0, f"algo.adv_eps must be >= 0, got {a.adv_eps}")
     _check(a.overlong_buffer >= 0, f"algo.overlong_buffer must be >= 0, got {a.overlong_buffer}")
     _check(

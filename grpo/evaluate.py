@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import torch
 
 from grpo.config import EvalConfig
+from grpo.engine import engine_of
 from grpo.model import Policy
-from grpo.rollout import sample
 from grpo.task import Example, Task, score_completions
 
 
@@ -66,7 +66,7 @@ def generate(
     for start in range(0, len(examples), chunk):
         part = examples[start : start + chunk]
         greedy = torch.tensor([greedy_row and j == 0 for _ in part for j in range(per_prompt)])
-        roll = sample(
+        roll = engine_of(policy).generate(
             policy.model,
             [ids for ex in part for ids in [policy.encode_prompt(ex.prompt, ex.messages)] * per_prompt],
             max_new_tokens=max_new_tokens,
@@ -76,6 +76,7 @@ def generate(
             top_p=top_p,
             greedy=greedy if samples else True,
             generator=generator,
+            behaviour=False,
         )
         texts += [
             policy.decode(roll.response_ids[r][roll.response_mask[r]].tolist()) for r in range(len(greedy))

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
@@ -42,6 +43,8 @@ class Policy:
     use_chat_template: bool
     reference: torch.nn.Module | None = None
     """Frozen copy for KL with full fine-tuning (None with LoRA or beta = 0)."""
+    engine: Any = None
+    """The rollout engine it samples with (grpo/engine.py; None: the native sampler)."""
 
     @property
     def eos_id(self) -> int:

@@ -40,6 +40,9 @@ class Rollout:
     """[B, T] float32 behaviour log-probs (0 on padding)."""
     entropy: Tensor
     """[B, T] float32 sampling-distribution entropy (0 on padding)."""
+    rollout_logprobs: Tensor | None = None
+    """[B, T] the sampling engine's own log-probs of the sampled tokens where it is not the training model
+    (vLLM, grpo/engine.py; 0 on padding), else None: compared with ``logprobs`` in grpo/mismatch.py."""
 
     @property
     def n_tokens(self) -> int:

@@ -33,15 +33,17 @@ from grpo.cancellation import cancellation_metrics
 from grpo.config import QuadrlConfig, SamplingConfig
 from grpo.credit import Intervention, TokenCredit, TokenFacts
 from grpo.diagnostics import answer_diversity, logprob_change, quadrant_gradient_diagnostics
+from grpo.engine import engine_of
 from grpo.evaluate import evaluate
 from grpo.facts import TEACHER, FactSource, check_model, facts_for
 from grpo.loss import policy_loss
 from grpo.metrics import MetricsSink
+from grpo.mismatch import mismatch_metrics, tis_weights
 from grpo.model import Policy
 from grpo.optimizer import StepNorms, build_optimizer, optimizer_step
 from grpo.probe import credit_summary, probe_credit
 from grpo.quadrants import quadrant_stats, split_quadrants
-from grpo.rollout import Rollout, response_logprobs, sample
+from grpo.rollout import Rollout, response_logprobs
 from grpo.suite import Benchmark, evaluate_suite
 from grpo.task import Example, Task, score_completions
 
@@ -71,6 +73,7 @@ class Batch:
                 r.response_mask[rows],
                 r.logprobs[rows],
                 r.entropy[rows],
+                None if r.rollout_logprobs is None else r.rollout_logprobs[rows],
             ),
             [self.examples[i] for i in keep],
             [self.texts[i] for i in keep],
@@ -99,6 +102,9 @@ def concat_batches(batches: list[Batch], pad_id: int) -> Batch:
         torch.cat([pad(x.response_mask, t_width, False, False) for x in r]),
         torch.cat([pad(x.logprobs, t_width, False, 0.0) for x in r]),
         torch.cat([pad(x.entropy, t_width, False, 0.0) for x in r]),
+        None
+        if any(x.rollout_logprobs is None for x in r)
+        else torch.cat([pad(x.rollout_logprobs, t_width, False, 0.0) for x in r]),  # type: ignore[arg-type]
     )
     offsets, group_ids = 0, []
     for b in batches:
@@ -124,7 +130,7 @@ def sample_groups(
     """``group_size`` responses to each prompt, scored by the task's verifier (rows ordered by prompt)."""
     flat = [ex for ex in examples for _ in range(group_size)]
     policy.model.eval()
-    roll = sample(
+    roll = engine_of(policy).generate(
         policy.model,
         [ids for ex in examples for ids in [policy.encode_prompt(ex.prompt, ex.messages)] * group_size],
         max_new_tokens=sampling.max_new_tokens,
@@ -507,6 +513,16 @@ class Trainer:
         credit = TokenCredit.grpo_default(facts)
         if self.intervention.active(step):
             credit = self.intervention.credit(facts, credit, self.generators["intervention"])
+        sampler_logp = (
+            batch.rollout.rollout_logprobs
+        )  # another engine sampled: the mismatch (grpo/mismatch.py)
+        if sampler_logp is not None and not self.world.active:
+            ro = cfg.rollout
+            mask = batch.rollout.response_mask
+            metrics.update(mismatch_metrics(batch.rollout.logprobs, sampler_logp, mask, ro.tis, ro.tis_cap))
+            if ro.tis != "off":
+                w = tis_weights(batch.rollout.logprobs, sampler_logp, mask, ro.tis, ro.tis_cap)
+                credit = replace(credit, weights=credit.weights * w)
         masks = split_quadrants(facts, self.diag_split)
         metrics.update(quadrant_stats(facts, credit, masks))
         if cfg.diagnostics.cancellation:
@@ -563,6 +579,8 @@ class Trainer:
                 self.scheduler.step()
                 terms_log.append(terms)
         t_update = time.perf_counter() - t1
+        # the next rollout samples from the updated weights (an engine other than native holds its own copy)
+        metrics.update(engine_of(self.sampler_policy).push_weights(self.sampler_policy.model))
 
         if cfg.diagnostics.update_norm:  # per optimiser step, averaged like grad_norm (grpo/optimizer.py)
             metrics["train/update_norm"] = sum(x.update_norm for x in norms) / len(norms)

@@ -57,3 +57,13 @@ def test_a_violation_is_named_by_file_line_and_import(tmp_path):
         "grpo/loop.py:5 imports experiments.tracking",
         "analysis/read.py:1 imports grpo.quadrants",
     ]
+
+
+def test_the_core_never_imports_the_vllm_adapter():
+    """grpo/ defines the rollout-engine contract (grpo/engine.py); vLLM and its adapter are the app's."""
+    found = []
+    for path in sorted((REPO / "grpo").rglob("*.py")):
+        for line, module in imported_modules(ast.parse(path.read_text(), str(path))):
+            if module.split(".")[0] == "vllm" or module.startswith("experiments.vllm_engine"):
+                found.append(f"{path.relative_to(REPO)}:{line} imports {module}")
+    assert found == []
