@@ -513,9 +513,8 @@ class Trainer:
         credit = TokenCredit.grpo_default(facts)
         if self.intervention.active(step):
             credit = self.intervention.credit(facts, credit, self.generators["intervention"])
-        sampler_logp = (
-            batch.rollout.rollout_logprobs
-        )  # another engine sampled: the mismatch (grpo/mismatch.py)
+        # another engine sampled: the mismatch (grpo/mismatch.py)
+        sampler_logp = batch.rollout.rollout_logprobs
         if sampler_logp is not None and not self.world.active:
             ro = cfg.rollout
             mask = batch.rollout.response_mask
@@ -533,9 +532,8 @@ class Trainer:
         if cfg.algo.overlong_buffer > 0:
             metrics["train/overlong_penalty_mean"] = float(self.overlong(batch).mean())
             if self.world.active:
-                n_local = float(len(batch.rewards))
                 (metrics["train/overlong_penalty_mean"],) = dist_.weighted_mean(
-                    [(metrics["train/overlong_penalty_mean"], n_local)]
+                    [(metrics["train/overlong_penalty_mean"], float(self.n_local))]
                 )
         if (
             cfg.algo.advantage == "teacher"
