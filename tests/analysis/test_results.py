@@ -21,6 +21,7 @@ from analysis.results import (
     results_table,
     update_readme,
 )
+from analysis.stats import t_interval
 from analysis.synthetic import SyntheticCondition, log_synthetic_sweep
 from tests.conftest import REPO
 
@@ -243,3 +244,24 @@ def test_the_repository_tables_match_their_results_files():
     # the front page holds the main study's table; the study pages hold all three
     assert REPO / "README.md" in pages and len(pages) >= 4, pages
     assert [(p, update_readme(p, REPO, check=True)) for p in pages] == [(p, []) for p in pages]
+
+
+def test_readme_recomputes_stale_intervals_from_the_stored_values(tmp_path, capsys):
+    """A results file whose lo/hi came from another rule (here the old bootstrap's) is flagged by --check and
+    rewritten by readme from its per-seed values; the p-values and everything else stay as they were."""
+    values = [0.735, 0.67, 0.7, 0.73, 0.715]
+    stale = results({"a": dict(enumerate(values))})
+    stale["conditions"]["a"].update(mean=0.71, lo=0.688, hi=0.729, p_welch_holm=0.5)
+    path = tmp_path / "docs" / "results" / "r.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(stale))
+    assert main(["readme", "--root", str(tmp_path), "--check"]) == 1
+    assert "stale: the intervals of" in capsys.readouterr().out and json.loads(path.read_text()) == stale
+    assert main(["readme", "--root", str(tmp_path)]) == 0
+    fresh = read_results(path)["conditions"]["a"]
+    lo, hi = t_interval(values)
+    assert (fresh["lo"], fresh["hi"]) == pytest.approx((lo, hi)) and fresh["mean"] == pytest.approx(0.71)
+    assert (fresh["lo"], fresh["hi"]) == pytest.approx((0.677, 0.743), abs=5e-4) and fresh[
+        "p_welch_holm"
+    ] == 0.5
+    assert main(["readme", "--root", str(tmp_path), "--check"]) == 0
