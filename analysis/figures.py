@@ -1,6 +1,6 @@
 """Figures (matplotlib, Agg backend), each saved as PNG and SVG.
 
-* learning curves: mean and 95% bootstrap CI band over seeds per condition, metric vs training step;
+* learning curves: mean and 95% Student-t CI band over seeds per condition, metric vs training step;
 * per-quadrant diagnostics over training (token share, mean entropy, log-prob change, gradient-norm share):
   one figure per statistic, one panel per quadrant, one line (mean over seeds, CI band) per condition;
 * final metrics: dot (mean over seeds) + error bar (95% CI) per condition, seeds as small points, control
@@ -26,7 +26,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from analysis.stats import MetricSummary, Note  # noqa: E402
+from analysis.stats import MetricSummary, Note, t_half_width  # noqa: E402
 from runrecord import QUADRANTS  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -119,11 +119,10 @@ def curve_band(
     condition: str,
     *,
     confidence: float = 0.95,
-    n_resamples: int = 1000,
-    seed: int = 0,
     smooth: int = 1,
 ) -> pd.DataFrame:
-    """Mean over seeds and percentile-bootstrap CI per step of one condition's curves.
+    """Mean over seeds and Student-t CI (``analysis.stats.t_half_width``, the tables' rule) per step of one
+    condition's curves.
 
     Returns columns step, mean, lo, hi, n (runs with a value at that step); lo/hi are NaN with one run.
     ``smooth`` > 1 applies a rolling mean of that many logged points to each run before aggregating.
@@ -139,13 +138,12 @@ def curve_band(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         mean = np.nanmean(vals, axis=1)
-        lo = hi = np.full(mean.shape, np.nan)
-        if vals.shape[1] >= 2:
-            idx = np.random.default_rng(seed).integers(0, vals.shape[1], size=(n_resamples, vals.shape[1]))
-            boot = np.nanmean(vals[:, idx], axis=2)  # (steps, resamples)
-            alpha = 100 * (1 - confidence) / 2
-            lo, hi = np.nanpercentile(boot, [alpha, 100 - alpha], axis=1)
-            lo, hi = np.where(n >= 2, lo, np.nan), np.where(n >= 2, hi, np.nan)
+        ok = n >= 2
+        half = np.full(mean.shape, np.nan)
+        if ok.any():
+            sd = np.nanstd(vals[ok], axis=1, ddof=1)
+            half[ok] = t_half_width(sd / np.sqrt(n[ok]), n[ok] - 1, confidence=confidence)
+        lo, hi = mean - half, mean + half
     return pd.DataFrame({"step": wide.index.to_numpy(), "mean": mean, "lo": lo, "hi": hi, "n": n})
 
 
@@ -183,7 +181,6 @@ def plot_learning_curves(
     *,
     control: str | None = None,
     smooth: int = 1,
-    seed: int = 0,
 ) -> tuple[list[Path], list[Note]]:
     """Learning curves of ``metric`` per condition (mean + 95% CI band). Returns (paths, notes)."""
     h = history[history["metric"] == metric]
@@ -191,7 +188,7 @@ def plot_learning_curves(
         return [], [_missing([metric], f"learning curves of {metric}")]
     fig, ax = plt.subplots(figsize=(8, 4.8))
     for cond in sorted(h["condition"].unique(), key=lambda c: (c != control, c)):
-        band = curve_band(h, metric, cond, smooth=smooth, seed=seed)
+        band = curve_band(h, metric, cond, smooth=smooth)
         _draw_condition(
             ax,
             band,
@@ -203,7 +200,7 @@ def plot_learning_curves(
     ax.set(
         xlabel="training step",
         ylabel=metric,
-        title=f"{metric}: mean over seeds with 95% bootstrap CI{smooth_note}",
+        title=f"{metric}: mean over seeds with 95% Student-t CI{smooth_note}",
     )
     ax.grid(alpha=0.3)
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False, title="condition")
@@ -218,7 +215,6 @@ def plot_quadrant_stat(
     *,
     control: str | None = None,
     smooth: int | None = None,
-    seed: int = 0,
     prefix: str = "quadrant",
 ) -> tuple[list[Path], list[Note]]:
     """One figure for ``<prefix>/<q>/<stat>``: a panel per quadrant, a line per condition (``prefix``:
@@ -235,7 +231,6 @@ def plot_quadrant_stat(
         ylabel=name,
         control=control,
         smooth=smooth,
-        seed=seed,
     )
 
 
@@ -251,7 +246,6 @@ def plot_panels(
     ylabel: str | None = None,
     control: str | None = None,
     smooth: int | None = None,
-    seed: int = 0,
 ) -> tuple[list[Path], list[Note]]:
     """One figure, a panel per (metric, panel title) in two columns, a line per condition (mean over seeds
     with its 95% CI band) over training. ``title`` gets "(mean over seeds, 95% CI)" appended; ``what`` names
@@ -284,7 +278,7 @@ def plot_panels(
             ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes, color="grey")
             continue
         for cond in conditions:
-            band = curve_band(history, m, cond, smooth=smooth, seed=seed)
+            band = curve_band(history, m, cond, smooth=smooth)
             if not band.empty:
                 _draw_condition(
                     ax, band, colors.get(cond, "grey"), _label(cond, control=control), cond == control, 0.08
@@ -373,7 +367,7 @@ def plot_final_metrics(
             tick.set_fontweight("bold")
     ax0.set_ylim(-0.6, len(conditions) - 0.4)
     fig.suptitle(
-        "Per condition: mean over seeds (dot), 95% bootstrap CI (bar), seeds (small dots); "
+        "Per condition: mean over seeds (dot), 95% Student-t CI (bar), seeds (small dots); "
         "hollow = too few seeds",
         fontsize=10,
     )

@@ -12,13 +12,15 @@ Results file (JSON, written by every report as ``results.json``)::
 ``final``), in seed order: enough to recompute every statistic, and to compare two studies seed by seed.
 
 Reference check. For each condition in both files: the difference of the means (fresh - reference) and its 95%
-percentile-bootstrap interval, resampling the seeds of each side independently; the condition *agrees* when the
-interval contains 0. An interval over 5 seeds per side is a rough instrument: the check says "no detectable
-difference", not "equal". Seeds present on both sides are also compared one by one: ``seeds_identical`` counts
+Welch interval (``analysis.stats.mean_difference_ci``: Student t with the Welch-Satterthwaite df, the seeds of each
+side independent); the condition *agrees* when the interval contains 0. Between two honest re-runs of 5 seeds a
+side it raises a false alarm ("DIFFERS") in about 5% of conditions (measured: tests/analysis/test_results.py), so
+over a 10-condition study one false alarm is not rare; and the check says "no detectable difference", not
+"equal". Seeds present on both sides are also compared one by one: ``seeds_identical`` counts
 those whose values are the same number, the strongest form of agreement (same code, same seed, same numbers).
 Conditions whose order flipped (a above b in the reference, below in the fresh study) are listed pair by pair; a
-flip is *resolved* when the reference itself separated the two (its 95% bootstrap interval of mean(a) - mean(b),
-the same interval as above, excludes 0). An unresolved flip swaps two conditions the reference could not tell
+flip is *resolved* when the reference itself separated the two (its 95% Welch interval of mean(a) - mean(b), the
+same interval as above, excludes 0). An unresolved flip swaps two conditions the reference could not tell
 apart: expected noise, not a contradicted finding.
 """
 
@@ -38,7 +40,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import tables
-from analysis.stats import MetricSummary
+from analysis.stats import MetricSummary, mean_ci, mean_difference_ci
 from runrecord import CPU_TAG, PROVENANCE_TAGS
 
 FORMAT_VERSION = 1
@@ -84,6 +86,28 @@ def results_from(
 
 def _number(x: object) -> float | None:
     return None if x is None or x is pd.NA or (isinstance(x, float) and math.isnan(x)) else float(x)
+
+
+def with_intervals(results: Mapping[str, object]) -> dict[str, object]:
+    """The results with each condition's mean, lo and hi recomputed from its ``values`` by today's rule
+    (``analysis.stats.mean_ci``); everything else (the p-values, which do not depend on the interval) as it was."""
+    out = json.loads(json.dumps(results))
+    for condition in out["conditions"].values():
+        mean, lo, hi = mean_ci(condition["values"])
+        condition.update(mean=_number(mean), lo=_number(lo), hi=_number(hi))
+    return out
+
+
+def refresh_intervals(path: str | Path, *, check: bool = False) -> bool:
+    """Rewrite a results file's intervals from its stored per-seed values (:func:`with_intervals`); True when they
+    were stale. With ``check`` nothing is written."""
+    results = read_results(path)
+    fresh = with_intervals(results)
+    if fresh == results:
+        return False
+    if not check:
+        write_results(fresh, path)
+    return True
 
 
 def write_results(results: Mapping[str, object], path: str | Path) -> Path:
@@ -134,7 +158,7 @@ class Flip:
     """mean(above) - mean(below) in the reference (> 0)."""
     lo: float
     hi: float
-    """The reference's 95% bootstrap interval of that difference."""
+    """The reference's 95% Welch interval of that difference."""
 
     @property
     def resolved(self) -> bool:
@@ -171,26 +195,16 @@ class ReferenceCheck:
         ]
 
 
-def diff_interval(
-    fresh: Sequence[float], reference: Sequence[float], *, n_resamples: int = 10_000, seed: int = 0
-) -> tuple[float, float, float]:
-    """(mean(fresh) - mean(reference), lo, hi): 95% percentile bootstrap, each side's seeds resampled apart.
+def diff_interval(fresh: Sequence[float], reference: Sequence[float]) -> tuple[float, float, float]:
+    """(mean(fresh) - mean(reference), lo, hi): the 95% Welch interval (``analysis.stats.mean_difference_ci``).
     One value on a side gives no interval (NaN bounds)."""
     a, b = np.asarray(fresh, dtype=float), np.asarray(reference, dtype=float)
     a, b = a[~np.isnan(a)], b[~np.isnan(b)]
     diff = float(a.mean() - b.mean()) if a.size and b.size else math.nan
-    if a.size < 2 or b.size < 2:
-        return diff, math.nan, math.nan
-    rng = np.random.default_rng(seed)
-    means_a = a[rng.integers(0, a.size, size=(n_resamples, a.size))].mean(axis=1)
-    means_b = b[rng.integers(0, b.size, size=(n_resamples, b.size))].mean(axis=1)
-    lo, hi = np.percentile(means_a - means_b, [2.5, 97.5])
-    return diff, float(lo), float(hi)
+    return (diff, *mean_difference_ci(a, b))
 
 
-def check_against(
-    fresh: Mapping[str, object], reference: Mapping[str, object], *, n_resamples: int = 10_000, seed: int = 0
-) -> ReferenceCheck:
+def check_against(fresh: Mapping[str, object], reference: Mapping[str, object]) -> ReferenceCheck:
     """Condition by condition, does the fresh study agree with the reference (module docstring)?"""
     if fresh.get("metric") != reference.get("metric") or fresh.get("compare_on") != reference.get(
         "compare_on"
@@ -203,9 +217,9 @@ def check_against(
     r_conds: Mapping[str, dict] = reference["conditions"]  # type: ignore[assignment]
     common = [c for c in r_conds if c in f_conds]
     checks = []
-    for i, cond in enumerate(common):
+    for cond in common:
         fv, rv = f_conds[cond]["values"], r_conds[cond]["values"]
-        diff, lo, hi = diff_interval(fv, rv, n_resamples=n_resamples, seed=seed + i)
+        diff, lo, hi = diff_interval(fv, rv)
         agrees = bool(lo <= 0.0 <= hi) if not math.isnan(lo) else bool(diff == 0.0)
         fresh_by_seed = _by_seed(f_conds[cond])
         shared = [(v, fresh_by_seed[s]) for s, v in _by_seed(r_conds[cond]).items() if s in fresh_by_seed]
@@ -225,16 +239,11 @@ def check_against(
     means = {c.condition: (c.reference_mean, c.fresh_mean) for c in checks}
     flips = []
     for i, a in enumerate(common):
-        for j, b in enumerate(common[i + 1 :], start=i + 1):
+        for b in common[i + 1 :]:
             if (means[a][0] - means[b][0]) * (means[a][1] - means[b][1]) >= 0:
                 continue
             above, below = (a, b) if means[a][0] > means[b][0] else (b, a)
-            diff, lo, hi = diff_interval(
-                r_conds[above]["values"],
-                r_conds[below]["values"],
-                n_resamples=n_resamples,
-                seed=seed + len(common) * (i + 1) + j,
-            )
+            diff, lo, hi = diff_interval(r_conds[above]["values"], r_conds[below]["values"])
             flips.append(Flip(above, below, diff, lo, hi))
     return ReferenceCheck(
         metric=str(fresh.get("metric")),
@@ -281,8 +290,9 @@ def reference_markdown(check: ReferenceCheck, reference_path: str | Path) -> str
     lines = [
         f"## Against the reference (`{reference_path}`)",
         "",
-        f"{verdict}. Agrees: the 95% bootstrap interval of the difference of the means (seeds of each side "
-        f"resampled apart) contains 0 -- no detectable difference, which is not proof of equality. Seeds "
+        f"{verdict}. Agrees: the 95% Welch interval of the difference of the means contains 0 -- no detectable "
+        f"difference, which is not proof of equality (between honest re-runs of 5 seeds a side, ~5% of conditions "
+        f"differ by chance). Seeds "
         f"identical: of the seeds both sides ran, those with the same value on both ({len(check.identical)} of "
         f"{len(check.conditions)} conditions in every seed).",
         "",
@@ -382,6 +392,14 @@ def update_readme(readme: str | Path, root: str | Path | None = None, *, check: 
     return stale
 
 
+def results_files(root: str | Path) -> list[Path]:
+    """The results files whose intervals ``readme`` keeps current: docs/results/**/*.json and every file a table
+    names."""
+    root = Path(root)
+    named = {root / m["path"] for page in marked_files(root) for m in _BLOCK.finditer(page.read_text())}
+    return sorted(named | set((root / "docs" / "results").rglob("*.json")))
+
+
 def marked_files(root: str | Path) -> list[Path]:
     """The files under ``root`` that hold results tables: README.md and the documentation pages (docs/**/*.md)."""
     root = Path(root)
@@ -390,8 +408,10 @@ def marked_files(root: str | Path) -> list[Path]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m analysis.results readme [--check]``: regenerate (or check) the results tables of README.md and
-    of every documentation page that holds one (from the repository root; a table's FILE is relative to it).
+    """``python -m analysis.results readme [--check]``: recompute the intervals of every results file from its
+    per-seed values (docs/results/**/*.json and each file a table names), then regenerate (or check) the results
+    tables of README.md and of every documentation page that holds one (from the repository root; a table's FILE
+    is relative to it).
     ``python -m analysis.results compare FRESH REFERENCE``: the reference check of two results files (exit 1 when a
     condition differs or a flip reverses an ordering the reference resolved)."""
     parser = argparse.ArgumentParser(
@@ -401,7 +421,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     readme = commands.add_parser(
-        "readme", help="regenerate the tables of README.md and docs/**/*.md from their results files"
+        "readme",
+        help="recompute the results files' intervals from their values, regenerate the tables of README.md and "
+        "docs/**/*.md from them",
     )
     readme.add_argument("--root", default=".", help="the repository root (default: the working directory)")
     readme.add_argument("--check", action="store_true", help="exit 1 if a table is stale, write nothing")
@@ -421,6 +443,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(reference_summary_line(check))
         return 1 if (check.disagreements or check.resolved_flips) else 0
     stale = []
+    for path in results_files(args.root):
+        if refresh_intervals(path, check=args.check):
+            stale.append(str(path))
+            print(f"{'stale' if args.check else 'recomputed'}: the intervals of {path}")
     for page in marked_files(args.root):
         for path in update_readme(page, args.root, check=args.check):
             stale.append(path)

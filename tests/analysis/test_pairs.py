@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from analysis import figures, report
-from analysis.stats import change_from_start, compare_pairs, mean_difference_ci, pair_verdict
+from analysis.stats import change_from_start, compare_pairs, mean_difference_ci, pair_verdict, t_interval
 from analysis.synthetic import SyntheticCondition, log_synthetic_sweep
 
 
@@ -26,16 +26,16 @@ def per_run(values: dict[str, list[float]], start: float = 0.4) -> pd.DataFrame:
 def test_mean_difference_ci_planted_effect_and_null():
     rng = np.random.default_rng(0)
     a, b, c = rng.normal(1.0, 0.1, 20), rng.normal(0.0, 0.1, 20), rng.normal(0.0, 0.1, 20)
-    lo, hi = mean_difference_ci(a, b, n_resamples=4000)
+    lo, hi = mean_difference_ci(a, b)
     assert lo < a.mean() - b.mean() < hi and lo > 0.9 and hi < 1.1
-    lo, hi = mean_difference_ci(b, c, n_resamples=4000)
+    lo, hi = mean_difference_ci(b, c)
     assert lo < 0 < hi
     assert all(math.isnan(x) for x in mean_difference_ci([1.0], [0.0, 1.0]))
 
 
 def test_change_from_start_hand_values():
     runs = per_run({"collapsed": [0.10, 0.12, 0.08], "flat": [0.40, 0.40, 0.40], "same": [0.5, 0.5, 0.5]})
-    t = change_from_start(runs, n_resamples=500).set_index("condition")
+    t = change_from_start(runs).set_index("condition")
     # collapsed: changes -0.30, -0.28, -0.32 -> mean -0.30, sd 0.02, t = -0.30 / (0.02 / sqrt 3) = -25.98
     assert t.loc["collapsed", "change_mean"] == pytest.approx(-0.30)
     assert t.loc["collapsed", "p_change"] == pytest.approx(0.001478, rel=1e-3)  # two-sided, df 2
@@ -67,9 +67,9 @@ def test_compare_pairs_planted_fixes():
     rng = np.random.default_rng(1)
     noise = lambda m: list(m + rng.normal(0, 0.01, 5))  # noqa: E731
     runs = per_run({"mask": noise(0.10), "fixed": noise(0.45), "half": noise(0.25), "nothing": noise(0.10)})
-    changes = change_from_start(runs, n_resamples=500)
+    changes = change_from_start(runs)
     pairs = [("fixed", "mask"), ("half", "mask"), ("nothing", "mask")]
-    t = compare_pairs(runs, pairs, changes, n_resamples=500).set_index("condition")
+    t = compare_pairs(runs, pairs, changes).set_index("condition")
     assert t["verdict"].to_dict() == {
         "fixed": "collapse removed",
         "half": "collapse reduced",
@@ -79,7 +79,7 @@ def test_compare_pairs_planted_fixes():
     assert t.loc["fixed", "diff_lo"] < 0.35 < t.loc["fixed", "diff_hi"]
     # Holm across the three pairs: the adjusted p is never below the raw one
     assert (t["p_welch_holm"] >= t["p_welch"]).all()
-    too_few = compare_pairs(runs, pairs, changes, min_seeds=6, n_resamples=100)
+    too_few = compare_pairs(runs, pairs, changes, min_seeds=6)
     assert too_few["p_welch"].isna().all() and set(too_few["verdict"]) == {"too few seeds"}
 
 
@@ -104,7 +104,6 @@ def test_report_paired_section(tmp_path):
             tracking_uri=uri,
             parent_run_id=parent,
             control="intervention=none",
-            n_resamples=500,
             log_artifact=False,
             echo=False,
             pairs=(
@@ -141,3 +140,22 @@ def test_panel_figure_draws_logged_metrics_and_marks_missing_ones(tmp_path):
     assert {p.name for p in paths} == {"c.png", "c.svg"} and all(p.stat().st_size > 1000 for p in paths)
     assert len(notes) == 1 and "cancel/uncancelled_ratio_plain" in notes[0].message
     assert figures.plot_panels(history.iloc[:0], panels, tmp_path, {}, stem="d", what="d", title="t")[0] == []
+
+
+def test_curve_bands_are_the_tables_student_t_interval_step_by_step():
+    """The figures' CI band at each step is t_interval of the seeds' values there; one seed gives no band."""
+    values = {0: [0.4, 0.6, 0.5], 10: [0.7, 0.9, None], 20: [0.3, None, None]}
+    history = pd.DataFrame(
+        [
+            {"run_id": f"r{i}", "condition": "a", "metric": "m", "step": step, "value": v}
+            for step, vs in values.items()
+            for i, v in enumerate(vs)
+            if v is not None
+        ]
+    )
+    band = figures.curve_band(history, "m", "a").set_index("step")
+    for step in (0, 10):
+        lo, hi = t_interval([v for v in values[step] if v is not None])
+        assert (band.loc[step, "lo"], band.loc[step, "hi"]) == pytest.approx((lo, hi))
+    assert band.loc[10, "hi"] - band.loc[10, "lo"] == pytest.approx(2 * 12.706205 * 0.1 / 1.0, rel=1e-6)
+    assert band.loc[20, "mean"] == pytest.approx(0.3) and math.isnan(band.loc[20, "lo"])

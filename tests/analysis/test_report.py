@@ -43,9 +43,7 @@ def test_report_end_to_end(sweep, tmp_path, capsys):
     uri, parent, by_name = sweep
     out = tmp_path / "rep"
     path = report.build_report(
-        report.ReportOptions(
-            out_dir=out, tracking_uri=uri, parent_run_id=parent, control=CTRL, target=0.75, n_resamples=1000
-        )
+        report.ReportOptions(out_dir=out, tracking_uri=uri, parent_run_id=parent, control=CTRL, target=0.75)
     )
     assert path == out / "report.md" and path.exists()
     text = path.read_text()
@@ -92,8 +90,6 @@ def test_cli_by_experiment_guesses_control(sweep, tmp_path, capsys):
             str(out),
             "--min-seeds",
             "2",
-            "--resamples",
-            "200",
         ]
     )
     assert rc == 0
@@ -153,8 +149,6 @@ def test_reports_without_probe_metrics_have_no_probe_figures(sweep, tmp_path):
     uri, parent, _ = sweep
     out = tmp_path / "rep"
     text = report.build_report(
-        report.ReportOptions(
-            out_dir=out, tracking_uri=uri, parent_run_id=parent, control=CTRL, n_resamples=200
-        )
+        report.ReportOptions(out_dir=out, tracking_uri=uri, parent_run_id=parent, control=CTRL)
     ).read_text()
     assert "probe" not in text and not list((out / "figures").glob("probe_*"))

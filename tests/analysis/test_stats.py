@@ -13,16 +13,17 @@ import scipy.stats as sps
 
 from analysis.load import condition_from_tags, load_runs, seed_from
 from analysis.stats import (
-    bootstrap_ci,
     cohens_d,
     compare_to_control,
     curve_auc,
     hedges_g,
     holm,
     mean_ci,
+    mean_difference_ci,
     pass_at_k_metrics,
     steps_to_target,
     summarise,
+    t_interval,
 )
 from analysis.synthetic import SyntheticCondition, log_synthetic_sweep
 
@@ -49,32 +50,35 @@ def test_steps_to_target():
     assert steps_to_target([30, 0, 20, 10], [0.9, 0.1, 0.8, 0.5], 0.7) == 20  # order by step
 
 
-def test_bootstrap_ci_hand_values():
-    # resampled means of [0, 1] are 0, .5, 1 with prob 1/4, 1/2, 1/4: the 2.5/97.5 percentiles are 0 and 1
-    assert bootstrap_ci([0.0, 1.0], n_resamples=20_000, seed=1) == (0.0, 1.0)
-    assert bootstrap_ci([2.0, 2.0, 2.0]) == (2.0, 2.0)
-    assert all(math.isnan(x) for x in bootstrap_ci([3.0]))
-    assert all(math.isnan(x) for x in bootstrap_ci([3.0, float("nan")]))
-    # seeded: reproducible; a different seed gives (slightly) different bounds
-    x = [0.1, 0.4, 0.35, 0.8, 0.55]
-    assert bootstrap_ci(x, seed=3) == bootstrap_ci(x, seed=3)
-    assert bootstrap_ci(x, seed=3, n_resamples=500) != bootstrap_ci(x, seed=4, n_resamples=500)
+def test_t_interval_hand_values():
+    lo, hi = t_interval([1.0, 2.0, 3.0])  # mean 2, s 1, t_{0.975, 2} = 4.302653
+    assert (lo, hi) == pytest.approx((2 - 4.302653 / math.sqrt(3), 2 + 4.302653 / math.sqrt(3)), rel=1e-6)
+    # mean 0.5, s 0.1 (ddof 1), t_{0.95, 4} = 2.131847 at the 90% level
+    lo, hi = t_interval([0.4, 0.5, 0.6, 0.5, 0.5], confidence=0.90)
+    s = math.sqrt(0.02 / 4)
+    assert (lo, hi) == pytest.approx(
+        (0.5 - 2.131847 * s / math.sqrt(5), 0.5 + 2.131847 * s / math.sqrt(5)), rel=1e-6
+    )
+    assert t_interval([2.0, 2.0, 2.0]) == (2.0, 2.0)
+    assert all(math.isnan(v) for v in t_interval([1.0]))
+    assert all(math.isnan(v) for v in t_interval([3.0, float("nan")]))
+    m, lo, hi = mean_ci([1.0, float("nan"), 2.0, 3.0])
+    assert m == pytest.approx(2.0) and (lo, hi) == t_interval([1.0, 2.0, 3.0])
+    assert all(math.isnan(v) for v in mean_ci([]))
 
 
-def test_bootstrap_ci_matches_exact_resampling_distribution():
-    # the mean of 10 draws with replacement from 0..9: its exact law is the 10-fold convolution of the uniform
-    x = np.arange(10.0)
-    pmf = np.ones(1)
-    for _ in range(10):
-        pmf = np.convolve(pmf, np.full(10, 0.1))
-    cdf = np.cumsum(pmf)
-    means = np.arange(pmf.size) / 10.0
-    lo, hi = means[np.searchsorted(cdf, 0.025)], means[np.searchsorted(cdf, 0.975)]
-    blo, bhi = bootstrap_ci(x, n_resamples=50_000, seed=0)
-    # atoms are 0.1 apart; a 90% interval would be ~0.3 narrower on each side
-    assert blo == pytest.approx(lo, abs=0.11) and bhi == pytest.approx(hi, abs=0.11)
-    m, mlo, mhi = mean_ci(x, n_resamples=50_000)
-    assert m == pytest.approx(4.5) and (mlo, mhi) == (blo, bhi)
+def test_welch_interval_hand_values_and_agreement_with_the_welch_test():
+    a, b = [1.0, 2.0, 3.0], [0.0, 0.5, 1.0, 1.5, 2.0]
+    va, vb = 1.0 / 3, 0.625 / 5  # s^2 / n
+    df = (va + vb) ** 2 / (va**2 / 2 + vb**2 / 4)  # Welch-Satterthwaite: 3.61...
+    half = sps.t.ppf(0.975, df) * math.sqrt(va + vb)
+    assert mean_difference_ci(a, b) == pytest.approx((1.0 - half, 1.0 + half), rel=1e-9)
+    assert mean_difference_ci([1.0, 1.0], [0.5, 0.5]) == (0.5, 0.5)
+    rng = np.random.default_rng(0)
+    for _ in range(200):  # the interval excludes 0 exactly when Welch's two-sided p < 0.05
+        x, y = rng.normal(0.1, 0.1, 5), rng.normal(0.0, 0.05, 4)
+        lo, hi = mean_difference_ci(x, y)
+        assert (lo > 0 or hi < 0) == (sps.ttest_ind(x, y, equal_var=False).pvalue < 0.05)
 
 
 def test_effect_sizes_and_holm():
@@ -164,7 +168,7 @@ def test_failed_runs_never_averaged_and_few_seeds_flagged():
     rows += [("b0", "FINISHED", "B", 0, [0.5, 0.9])]
     rows += [(f"c2_{s}", "FINISHED", "C", s, [0.5, 0.9 + 0.01 * s]) for s in range(2)]  # 2 < min_seeds
     runs, hist = _tables(rows)
-    s = summarise(runs, hist, control="ctrl", target=0.65, n_resamples=500).table.set_index("condition")
+    s = summarise(runs, hist, control="ctrl", target=0.65).table.set_index("condition")
     assert s.loc["A", "final_mean"] == pytest.approx(0.7)
     assert (s.loc["A", "n"], s.loc["A", "n_finished"], s.loc["A", "n_failed"]) == (3, 3, 1)
     assert s.loc["A", "n_reached"] == 3 and s.loc["A", "steps_mean"] == pytest.approx(10)
@@ -181,7 +185,7 @@ def test_failed_runs_never_averaged_and_few_seeds_flagged():
 def test_duplicate_seed_keeps_latest_run():
     rows = [("old", "FINISHED", "A", 0, [0.1]), ("new", "FINISHED", "A", 0, [0.9])]
     runs, hist = _tables(rows)
-    summary = summarise(runs, hist, min_seeds=1, n_resamples=100)
+    summary = summarise(runs, hist, min_seeds=1)
     assert summary.per_run["run_id"].tolist() == ["new"]
     assert [n.kind for n in summary.notes] == ["duplicate_seed"]
 
@@ -234,7 +238,7 @@ def test_load_runs_from_parent_and_experiment(sweep):
 def test_planted_effect_found_and_null_not_flagged(sweep):
     uri, parent = sweep
     rs = load_runs(uri, parent_run_id=parent)
-    summary = summarise(rs.runs, rs.history, control=CTRL, n_resamples=2000)
+    summary = summarise(rs.runs, rs.history, control=CTRL)
     t = summary.table.set_index("condition")
     assert t.loc[EFFECT, "mean_diff"] == pytest.approx(0.15, abs=0.05)
     assert t.loc[EFFECT, "p_welch_holm"] < 0.05 and t.loc[EFFECT, "p_mwu_holm"] < 0.05

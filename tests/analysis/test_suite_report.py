@@ -68,7 +68,6 @@ def test_report_has_a_table_per_benchmark_metric(tmp_path):
             tracking_uri=uri,
             parent_run_id=parent,
             control="intervention=none",
-            n_resamples=200,
         )
     ).read_text()
     sections = [line for line in text.splitlines() if line.startswith("### `eval/")]

@@ -173,7 +173,7 @@ def test_quadrl_report_from_an_empty_folder(tmp_path):
         [SyntheticCondition("none", 0.6, seeds=(0, 1, 2)), SyntheticCondition("hapo", 0.7, seeds=(0, 1, 2))],
         steps=20,
     )
-    common = ["--tracking-uri", "sqlite:///mlflow.db", "--out", "rep", "--resamples", "200"]
+    common = ["--tracking-uri", "sqlite:///mlflow.db", "--out", "rep"]
     proc = entry_point(
         "quadrl-report", *common, "--parent-run", parent, "--control", "intervention=none", cwd=tmp_path
     )

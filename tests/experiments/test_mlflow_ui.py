@@ -119,7 +119,6 @@ def finished_sweep(tmp_path_factory, sft_model_dir, math_jsonl):
             parent_run_id=parent,
             control="intervention=none",
             min_seeds=2,
-            n_resamples=200,
         )
     )
     client = MlflowClient(uri)
