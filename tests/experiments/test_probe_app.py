@@ -8,9 +8,16 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from experiments.probe import run
+from experiments.probe import register_probe_configs, run
 from grpo.checks import ConfigError
-from tests.conftest import FORK_PARAMS, compose_config
+from tests.conftest import FORK_PARAMS
+from tests.conftest import compose_config as compose_train_config
+
+
+def compose_config(*overrides: str):
+    """The root config as quadrl-probe composes it (its schema adds the app's probe.* keys)."""
+    return compose_train_config(*overrides, register=register_probe_configs)
+
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see tests/conftest.py
 
