@@ -2,7 +2,9 @@
 
 One step, read top to bottom in :meth:`Trainer.step`. The loop knows nothing of any particular intervention:
 it builds the batch's :class:`TokenFacts`, asks the configured intervention for a :class:`TokenCredit`, and
-optimises ``grpo.loss.policy_loss`` with it.
+optimises ``grpo.loss.policy_loss`` with it. Nor does it measure anything of the study: the quadrant statistics,
+gradient diagnostics, cancellation, update norms and the probe are instruments (grpo/instrument.py) that the app
+passes in, as it passes the metrics sink; the loop calls their hooks around the update.
 
 Step numbering: metrics logged at step s describe the policy after s updates (``eval/*`` at step 0 is the
 base model). Every random draw comes from a named ``torch.Generator`` that the checkpoint saves, so a resumed
