@@ -213,3 +213,27 @@ def test_an_injected_instrument_sees_every_hook_in_order(tmp_path, tiny_model_di
     assert "train/loss" in metrics and "train/grad_norm" in metrics
     measured = ("quadrant/", "cancel/", "train/update_norm", "train/answer_diversity", "probe/")
     assert [k for k in metrics if k.startswith(measured)] == []
+
+
+def test_another_engines_mismatch_is_logged_and_corrected(tmp_path, tiny_model_dir, math_jsonl):
+    """Trainer.correct_mismatch (grpo/mismatch.py): an engine whose own log-probs sit 0.1 below the trainer's logs
+    rollout_corr/* and, with rollout.tis=token, weights every token by exp(0.1) (under the cap of 2)."""
+    from dataclasses import replace
+
+    from grpo.engine import NativeEngine
+
+    class Shifted(NativeEngine):
+        name = "shifted"
+
+        def generate(self, model, prompts, **kwargs):
+            roll = super().generate(model, prompts, **kwargs)
+            return replace(roll, rollout_logprobs=roll.logprobs - 0.1)
+
+    for tis, weight in (("off", 1.0), ("token", math.exp(0.1))):
+        trainer = make_trainer(tmp_path / tis, tiny_model_dir, math_jsonl, f"rollout.tis={tis}")
+        trainer.policy.engine = Shifted()
+        metrics = trainer.step(0)
+        assert any(k.startswith("rollout_corr/") for k in metrics), sorted(metrics)
+        means = [metrics[f"quadrant/{q}/weight_mean"] for q in ("pos_high", "pos_low", "neg_high", "neg_low")]
+        assert [m for m in means if not math.isnan(m)] != []
+        assert all(m == pytest.approx(weight, rel=1e-5) for m in means if not math.isnan(m)), (tis, means)
