@@ -18,7 +18,7 @@ how much of the node's gradient survives.
 The trie itself (nodes, sizes, node reductions) is a core primitive in grpo/prefixes.py: min_replace and
 adv_orthogonal build on it too.
 
-Metrics (:func:`cancellation_metrics`, logged by the trainer every step unless ``diagnostics.cancellation``
+Metrics (:func:`cancellation_metrics`, logged every step by the cancellation instrument unless ``diagnostics.cancellation``
 is false), with v_it = c_it w_it A_it over response tokens:
 
 - ``cancel/shared_token_share``: response tokens at shared nodes / response tokens;

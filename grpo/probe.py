@@ -482,7 +482,7 @@ def spearman(x: Tensor, y: Tensor) -> tuple[float, float]:
     """Spearman's rank correlation (ties averaged) and its two-sided p-value; NaN when either is constant."""
     if x.numel() < 3 or bool((x == x[0]).all()) or bool((y == y[0]).all()):
         return math.nan, math.nan
-    from scipy import stats  # here, not at the top: grpo.config imports this module
+    from scipy import stats  # here, not at the top: only the probe app's report needs it
 
     result = stats.spearmanr(x.cpu().numpy(), y.cpu().numpy())
     return float(result.statistic), float(result.pvalue)

@@ -1,6 +1,7 @@
 """The polarity x entropy split of response tokens into four quadrants (arXiv 2604.11056), and its statistics.
 
-Part of the core: the ``quadrant`` intervention and the trainer's per-quadrant diagnostics both split with it.
+Part of the core: the ``quadrant`` intervention and the per-quadrant instruments (grpo/instruments/) both split
+with it.
 
 Polarity is the sign of the GRPO sequence advantage *before* any reshaping (``facts.advantages``); tokens with
 A = 0 (groups whose rewards are all equal) and padding are in no quadrant. Entropy is ``facts.entropy``, the
