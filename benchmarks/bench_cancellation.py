@@ -34,6 +34,7 @@ def train_steps(model_dir: Path | None, steps: int) -> list[dict[str, float]]:
     from experiments.train import base_model
     from grpo.config import QuadrlConfig, validate
     from grpo.credit import build_intervention
+    from grpo.instruments import standard_instruments
     from grpo.metrics import NullSink
     from grpo.model import load_policy
     from grpo.trainer import Trainer
@@ -50,14 +51,17 @@ def train_steps(model_dir: Path | None, steps: int) -> list[dict[str, float]]:
     path = model_dir if model_dir is not None else base_model(cfg, task_params).path
     policy = load_policy(cfg.model, path, need_reference=False, seed=0)
     with tempfile.TemporaryDirectory() as run_dir:
-        trainer = Trainer(cfg, policy, task, build_intervention({"name": "none"}), NullSink(), Path(run_dir))
+        none = build_intervention({"name": "none"})
+        measure = standard_instruments(cfg, none, policy, task)
+        trainer = Trainer(cfg, policy, task, none, NullSink(), Path(run_dir), instruments=measure)
         return [trainer.step(s) for s in range(steps)]
 
 
 def time_metrics(batch: int, group: int, width: int, repeats: int = 5) -> float:
     from grpo.cancellation import cancellation_metrics
     from grpo.credit import TokenCredit, TokenFacts
-    from grpo.quadrants import EntropySplit, split_quadrants
+    from grpo.entropy_split import EntropySplit
+    from grpo.quadrants import split_quadrants
 
     gen = torch.Generator().manual_seed(0)
     lengths = torch.randint(width // 2, width + 1, (batch,), generator=gen)

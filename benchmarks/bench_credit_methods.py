@@ -48,6 +48,7 @@ def build_trainer(condition: str, model: Path, teacher: Path, run_dir: Path, thr
     from grpo.config import register_configs, validate
     from grpo.credit import build_intervention
     from grpo.facts import check_config
+    from grpo.instruments import standard_instruments
     from grpo.metrics import NullSink
     from grpo.model import load_policy, load_teacher
     from grpo.trainer import Trainer
@@ -79,7 +80,10 @@ def build_trainer(condition: str, model: Path, teacher: Path, run_dir: Path, thr
     teacher_model = (
         load_teacher(cfg.model, teacher, policy.tokenizer) if cfg.algo.advantage == "teacher" else None
     )
-    return Trainer(cfg, policy, task, intervention, NullSink(), run_dir, teacher=teacher_model)
+    measure = standard_instruments(cfg, intervention, policy, task)
+    return Trainer(
+        cfg, policy, task, intervention, NullSink(), run_dir, teacher=teacher_model, instruments=measure
+    )
 
 
 def builtin_models() -> tuple[Path, Path, str]:

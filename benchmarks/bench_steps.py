@@ -64,6 +64,7 @@ def build_trainer(preset: str, overrides: list[str]):
     from experiments.train import base_model
     from grpo.config import register_configs, validate
     from grpo.credit import build_intervention
+    from grpo.instruments import standard_instruments
     from grpo.metrics import NullSink
     from grpo.model import load_policy
     from grpo.trainer import Trainer
@@ -83,7 +84,9 @@ def build_trainer(preset: str, overrides: list[str]):
     path = base_model(cfg, task_params).path
     policy = load_policy(cfg.model, path, need_reference=cfg.algo.beta > 0, seed=cfg.seed)
     run_dir = Path(tempfile.mkdtemp(prefix="bench_steps_"))
-    trainer = Trainer(cfg, policy, task, build_intervention({"name": "none"}), NullSink(), run_dir)
+    none = build_intervention({"name": "none"})
+    measure = standard_instruments(cfg, none, policy, task)
+    trainer = Trainer(cfg, policy, task, none, NullSink(), run_dir, instruments=measure)
     return trainer, cfg, path, build_intervention
 
 
@@ -116,6 +119,8 @@ def credit_cost(trainer, start, step: int, names: list[str], built: dict, plain_
 
 
 def main(argv: list[str] | None = None) -> None:
+    from grpo.instruments import standard_instruments
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="quadrant_study", help="conf/experiment/<preset>.yaml (its settings)")
     p.add_argument("--contenders", default="plain,diagnostics,quadrant,hapo,compose,eval")
@@ -143,7 +148,6 @@ def main(argv: list[str] | None = None) -> None:
     every = cfg.diagnostics.every if preset_diagnostics else 10
     step = args.step - args.step % every  # a step the diagnostics fire at
     built = {n: build_intervention(INTERVENTIONS[n]) for n in names}
-    default_split = trainer.diag_split
     trainer.next_prompts(step * cfg.algo.prompts_per_step)  # the data position of that step
     start = copy.deepcopy(trainer.state())
     print(
@@ -161,8 +165,8 @@ def main(argv: list[str] | None = None) -> None:
         for name in order:
             trainer.load_checkpoint(copy.deepcopy(start))
             trainer.intervention = built[name]
-            trainer.diag_split = built[name].quadrant_split() or default_split
             cfg.diagnostics.every = every if name == "diagnostics" else 0
+            trainer.instruments = standard_instruments(cfg, built[name], trainer.policy, trainer.task)
             c0, w0 = time.process_time(), time.perf_counter()
             metrics = trainer.evaluate(step) if name == "eval" else trainer.step(step)
             dw, dc = time.perf_counter() - w0, time.process_time() - c0

@@ -153,6 +153,7 @@ class QuadrlRunner:
         from experiments.tracking import Tracker
         from grpo.config import QuadrlConfig, validate
         from grpo.credit import build_intervention
+        from grpo.instruments import standard_instruments
         from grpo.model import load_policy
         from grpo.trainer import Trainer
 
@@ -187,7 +188,9 @@ class QuadrlRunner:
         policy = load_policy(cfg.model, model_dir, need_reference=False, seed=s.seed)
         tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment, enabled=False)
         t0 = time.perf_counter()
-        self.trainer = Trainer(cfg, policy, self.task, build_intervention({"name": "none"}), tracker, run_dir)
+        none = build_intervention({"name": "none"})
+        measure = standard_instruments(cfg, none, policy, self.task)  # what a quadrl-train run measures
+        self.trainer = Trainer(cfg, policy, self.task, none, tracker, run_dir, instruments=measure)
         self.init_seconds = time.perf_counter() - t0
         self.s = s
         self.next_index = 0

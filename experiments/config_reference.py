@@ -4,7 +4,8 @@ One walk serves two readers: the documentation site's generated reference page (
 test that every key a documented command sets exists (``tests/test_docs.py``). Reading the dataclasses, not a
 hand-kept list, is the point: a field added to a config appears in the reference at the next build.
 
-Keys: the fields of :class:`grpo.config.QuadrlConfig`, nested dataclasses as ``a.b``; the untyped nodes are
+Keys: the fields of :class:`grpo.config.QuadrlConfig`, nested dataclasses as ``a.b`` (with the ``probe.*`` keys
+only ``quadrl-probe`` reads, from ``experiments.probe.ProbeAppConfig``); the untyped nodes are
 expanded from their registries: ``intervention.<field>`` from every registered method's config class (the method
 named in the entry), ``task.<param>`` from every registered task's signature. A list of dataclasses
 (``eval.suite``) is documented by its element's fields as ``eval.suite[].<field>``.
@@ -121,11 +122,28 @@ def task_keys() -> list[Key]:
     return keys
 
 
+def probe_app_keys() -> list[Key]:
+    """``probe.<field>`` keys only ``quadrl-probe`` reads (its report, checkpoint and scoreboard settings:
+    ``experiments.probe.ProbeAppConfig``); ``quadrl-train`` refuses them."""
+    from experiments.probe import ProbeAppConfig
+    from grpo.config import ProbeConfig
+
+    core = {f.name for f in dataclasses.fields(ProbeConfig)}
+    return [
+        dataclasses.replace(k, owner="quadrl-probe", doc=f"quadrl-probe only: {k.doc}")
+        for k in dataclass_keys(ProbeAppConfig, "probe.")
+        if k.key.removeprefix("probe.") not in core
+    ]
+
+
 def all_keys() -> list[Key]:
-    """Every key of the run config: the dataclass tree, then the methods' and the tasks' keys."""
+    """Every key of the run config: the dataclass tree, quadrl-probe's own ``probe.*`` keys, then the methods' and
+    the tasks' keys."""
     from grpo.config import QuadrlConfig
 
     tree = [k for k in dataclass_keys(QuadrlConfig) if k.key not in ("task", "intervention")]
+    probe_end = max(i for i, k in enumerate(tree) if k.key.startswith("probe.")) + 1
+    tree = tree[:probe_end] + probe_app_keys() + tree[probe_end:]
     return tree + intervention_keys() + task_keys()
 
 

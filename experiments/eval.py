@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryValue
 
 from experiments import CONF_DIR
+from experiments.app import base_model, job_overrides, refuse
 from experiments.datasets import RowFormat, load_examples
 from experiments.tasks import Task, make_task
 from experiments.tracking import Tracker, flatten, git_commit, provenance
@@ -101,8 +102,6 @@ def load_run_policy(
 ) -> Policy:
     """The run's model (a local directory or the built-in base, tagged on the tracker's run), with a training
     checkpoint's trainable weights when ``state`` is given."""
-    from experiments.train import base_model  # the app's model resolution, one copy
-
     base = base_model(cfg, task_params)
     tracker.set_tags({BASE_MODEL_TAG: base.tag})
     policy = load_policy(cfg.model, base.path, need_reference=False, seed=cfg.seed)
@@ -113,8 +112,6 @@ def load_run_policy(
 
 def run(raw: DictConfig) -> dict[str, float]:
     """Check, load, evaluate, log. Returns the suite's metrics."""
-    from experiments.train import job_overrides
-
     cfg = to_config(raw)
     validate(cfg)
     if not cfg.eval.suite:
@@ -171,8 +168,6 @@ def run(raw: DictConfig) -> dict[str, float]:
 
 @hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="config")
 def main(raw: DictConfig) -> None:
-    from experiments.train import refuse
-
     try:
         run(raw)
     except ConfigError as exc:

@@ -17,33 +17,79 @@ scoreboard's methods are checked before the model is loaded.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import hydra
 import torch
+from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from experiments import CONF_DIR
 from experiments import scoreboard as board
+from experiments.app import job_overrides, refuse
 from experiments.eval import checkpoint_state as run_checkpoint
 from experiments.eval import load_run_policy
 from experiments.probe_report import Section, write_report
 from experiments.tasks import make_task
 from experiments.tasks.fork import agreement, as_probe
 from experiments.tracking import Tracker, flatten, git_commit
-from experiments.train import job_overrides, refuse
+from grpo import checks as check
+from grpo.batch import sample_groups
 from grpo.checks import ConfigError
-from grpo.config import QuadrlConfig, register_configs, validate
+from grpo.config import ProbeConfig, QuadrlConfig, validate
 from grpo.probe import CreditProbe, ProbePlan, credit_summary, probe_credit, share_intervals
-from grpo.trainer import sample_groups
 from runrecord import OVERRIDES_TAG
 
-register_configs()
+
+@dataclass
+class ProbeAppConfig(ProbeConfig):
+    """``probe.*`` as ``quadrl-probe`` reads it: the probe's own settings (``grpo.config.ProbeConfig``, which a
+    training run's ``probe.every`` uses too) and the keys only this app reads. ``quadrl-train`` refuses these."""
+
+    no_credit_z: float = 2.0
+    """Scoreboard: a token has no measured credit when |delta^_t| <= no_credit_z * se (or it was skipped)."""
+    scoreboard: bool = True
+    """Score every intervention's per-token credit against the measured credit."""
+    experiment: str = "quadrl-probe"
+    """The MLflow experiment of probe runs (kept apart from training runs' reports)."""
+    out: str | None = None
+    """Report folder; null = ``probe_report`` in the Hydra output directory."""
+    checkpoint: str | None = None
+    """A training run directory whose checkpoint (``<dir>/checkpoint``) is loaded into the model given by
+    ``model=`` (the same model config the run trained, LoRA included)."""
+    progress: bool = True
+    """Show a progress bar over the continuations."""
+    exact: bool = True
+    """On a task that computes V exactly (``task.exact_values``: fork), also report the exact credit of the same
+    batch, the scoreboard against it, and how well the estimates agree (needs top_p = 1)."""
+
+    def validate(self) -> None:
+        super().validate()
+        where = "probe config"
+        check.number(where, "probe.no_credit_z", self.no_credit_z, low=0.0)
+        check.boolean(where, "probe.scoreboard", self.scoreboard)
+        check.boolean(where, "probe.progress", self.progress)
+        check.boolean(where, "probe.exact", self.exact)
 
 
-def report_dir(cfg: QuadrlConfig) -> Path:
+@dataclass
+class ProbeRunConfig(QuadrlConfig):
+    """The root config as ``quadrl-probe`` reads it: quadrl's, with the app's ``probe.*`` keys."""
+
+    probe: ProbeAppConfig = field(default_factory=ProbeAppConfig)
+    """The credit probe and this app's report, checkpoint and scoreboard settings."""
+
+
+def register_probe_configs() -> None:
+    """Store :class:`ProbeRunConfig` as the schema conf/config.yaml names (``quadrl_schema``); the app calls
+    this before Hydra composes, so the app's keys are accepted here and refused by ``quadrl-train``."""
+    ConfigStore.instance().store(name="quadrl_schema", node=ProbeRunConfig)
+
+
+def report_dir(cfg: ProbeRunConfig) -> Path:
     if cfg.probe.out:
         return Path(cfg.probe.out).expanduser().resolve()
     try:
@@ -58,14 +104,14 @@ def responses(probe: CreditProbe) -> list[list[int]]:
     return [r.response_ids[i][r.response_mask[i]].tolist() for i in range(len(probe.plan.batch.rewards))]
 
 
-def checkpoint_state(cfg: QuadrlConfig) -> dict[str, Any] | None:
+def checkpoint_state(cfg: ProbeRunConfig) -> dict[str, Any] | None:
     """The training checkpoint ``probe.checkpoint`` names, refused by name when it holds none."""
     return run_checkpoint("probe.checkpoint", cfg.probe.checkpoint)
 
 
 def run(raw: DictConfig) -> dict[str, float]:
     """Validate, probe, score, report. Returns the probe's metrics (``probe/*`` and ``scoreboard/*``)."""
-    cfg: QuadrlConfig = OmegaConf.to_object(raw)  # type: ignore[assignment]
+    cfg: ProbeRunConfig = OmegaConf.to_object(raw)  # type: ignore[assignment]
     validate(cfg)
     p = cfg.probe
     task_params: dict[str, Any] = OmegaConf.to_container(raw.task, resolve=True)  # type: ignore[assignment]
@@ -179,11 +225,16 @@ def run(raw: DictConfig) -> dict[str, float]:
 
 
 @hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="config")
-def main(raw: DictConfig) -> None:
+def _main(raw: DictConfig) -> None:
     try:
         run(raw)
-    except ConfigError as exc:  # a refused value: one line and exit 2, as quadrl-train does (train.refuse)
+    except ConfigError as exc:  # a refused value: one line and exit 2, as quadrl-train does (app.refuse)
         refuse("quadrl-probe", exc)
+
+
+def main() -> None:
+    register_probe_configs()
+    _main()
 
 
 if __name__ == "__main__":

@@ -23,12 +23,11 @@ from omegaconf import DictConfig, OmegaConf
 
 import interventions
 from experiments import CONF_DIR
+from experiments.app import base_model, builtin_base, job_overrides, refuse
 from experiments.base_model import (
     METADATA_FILE,
     ResolvedBase,
-    SFTRecipe,
     load_metadata,
-    resolve_base_model,
     teacher_name,
     teacher_recipe,
 )
@@ -43,6 +42,7 @@ from grpo.config import QuadrlConfig, register_configs, validate
 from grpo.credit import Intervention, build_intervention
 from grpo.decode import fast_path_blocker
 from grpo.facts import check_config as check_fact_requirements
+from grpo.instruments import standard_instruments
 from grpo.model import load_policy, load_teacher, resolve_device
 from grpo.suite import Benchmark
 from grpo.trainer import Trainer
@@ -61,13 +61,6 @@ from runrecord import (
 register_configs()
 
 RUN_ID_FILE = "mlflow_run_id"
-
-
-def job_overrides() -> list[str]:
-    try:
-        return list(HydraConfig.get().overrides.task)
-    except ValueError:  # called outside a Hydra app (tests)
-        return []
 
 
 def sweep_dir() -> str | None:
@@ -104,29 +97,6 @@ def resolve_run_dir(cfg: QuadrlConfig) -> Path:
         return Path.cwd()
 
 
-def _builtin(
-    cfg: QuadrlConfig, task_params: dict[str, Any], recipe: SFTRecipe, name: str | None = None
-) -> ResolvedBase:
-    params = {k: v for k, v in task_params.items() if k != "name"}
-    return resolve_base_model(
-        task_params["name"],
-        params,
-        recipe,
-        base=cfg.model.base,
-        name=name,
-        tracking_uri=cfg.tracking.uri if cfg.tracking.enabled else None,
-        max_seconds=cfg.model.base_max_seconds,
-    )
-
-
-def base_model(cfg: QuadrlConfig, task_params: dict[str, Any]) -> ResolvedBase:
-    """The model the run starts from: a local directory, or the built-in base model (shipped or built)."""
-    if cfg.model.source == "local":
-        path = Path(str(cfg.model.path)).expanduser()
-        return ResolvedBase(path, f"local:{path}")
-    return _builtin(cfg, task_params, SFTRecipe(seed=cfg.model.base_seed))
-
-
 def teacher_model(cfg: QuadrlConfig, task_params: dict[str, Any]) -> ResolvedBase:
     """The distillation teacher: ``algo.teacher.path``, or the built-in teacher (the base model's SFT run
     continued to ``algo.teacher.min_accuracy``): shipped as ``models/<task>_teacher`` (verified) when it was built
@@ -136,7 +106,7 @@ def teacher_model(cfg: QuadrlConfig, task_params: dict[str, Any]) -> ResolvedBas
         path = Path(str(t.path)).expanduser()
         return ResolvedBase(path, f"local:{path}")
     recipe = teacher_recipe(cfg.model.base_seed, t.min_accuracy)
-    return _builtin(cfg, task_params, recipe, teacher_name(task_params["name"]))
+    return builtin_base(cfg, task_params, recipe, teacher_name(task_params["name"]))
 
 
 def _built_accuracy(tag: str, path: Path) -> dict[str, str]:
@@ -305,6 +275,7 @@ def run(raw: DictConfig) -> dict[str, float]:
             teacher=teacher,
             suite=checked.suite,
             world=world,
+            instruments=standard_instruments(cfg, intervention, policy, task),
         )
         if state is not None:
             trainer.load_checkpoint(state)
@@ -345,15 +316,6 @@ def mark_failed(cfg: QuadrlConfig, run_id: str | None) -> None:
         tracking_client(cfg.tracking.uri).set_terminated(run_id, status="FAILED")
     except Exception as error:  # the original error is the one to report
         print(f"could not mark run {run_id} FAILED: {error}", file=sys.stderr, flush=True)
-
-
-def refuse(prog: str, error: Exception) -> None:
-    """Print a refused value as one line (``quadrl-train: error: ...``) and exit 2; with HYDRA_FULL_ERROR=1, let
-    the exception through for Hydra to print its traceback."""
-    if os.environ.get("HYDRA_FULL_ERROR") == "1":
-        raise error
-    print(f"{prog}: error: {error}", file=sys.stderr, flush=True)
-    raise SystemExit(2)
 
 
 @hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="config")

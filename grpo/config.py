@@ -11,12 +11,12 @@ from typing import Any, Literal, get_args
 
 from hydra.core.config_store import ConfigStore
 
+from grpo import checks as check
 from grpo.benchmark import BenchmarkConfig, validate_suite
 from grpo.checks import ConfigError
+from grpo.entropy_split import EntropySplit
 from grpo.loss import KLEstimator, LossAggregation
 from grpo.optimizer import OptimizerName
-from grpo.probe import ProbeConfig
-from grpo.quadrants import EntropySplit
 from runrecord import DEFAULT_TRACKING_URI
 
 Schedule = Literal["constant", "linear", "cosine"]
@@ -267,6 +267,63 @@ class TrackingConfig:
     """Parent (sweep) run id; set by the sweep callback for multirun jobs."""
 
 
+PROBE_INFO_RULES = ("none", "top_entropy", "all")
+PROBE_SPLITS = ("test", "train")
+
+
+@dataclass
+class ProbeConfig:
+    """The credit probe (grpo/probe.py): what it measures, and ``probe.every`` in a training run. ``quadrl-probe``
+    adds the keys only it reads (report folder, checkpoint, scoreboard...): ``ProbeAppConfig`` in experiments/probe.py."""
+
+    every: int = 0
+    """Training runs: probe the policy every N steps (and at step 0) and log ``probe/*`` metrics; 0 = off."""
+    n_prompts: int = 16
+    """Prompts probed: the first n of the task's ``split``."""
+    split: str = "test"
+    """Which split the prompts come from: ``test`` or ``train``."""
+    group_size: int = 4
+    """Responses sampled per prompt (>= 2: the quadrants need GRPO advantages, the scoreboard too)."""
+    k: int = 8
+    """Continuations per state for V(s_t) (>= 2). se(V^) ~ 0.5 / sqrt(k) at V = 0.5."""
+    skip_tol: float = 0.01
+    """Tokens sampled with 1 - pi(o_t|s_t) < skip_tol get delta = 0 without continuations (|delta_t| <= 1 - pi
+    exactly); 0 = estimate V at every state. In [0, 1)."""
+    info_positions: str = "top_entropy"
+    """Where I_t is estimated: ``none``; ``top_entropy``: the ``info_per_response`` highest-entropy uncertain
+    tokens of each response; ``all``: every uncertain token."""
+    info_per_response: int = 2
+    """Positions per response under ``info_positions: top_entropy``."""
+    info_k: int | None = None
+    """Continuations per candidate token for V(s_t, a) (>= 2); null = ``k``."""
+    candidate_floor: float = 0.05
+    """Candidates a at a probed position: pi(a|s_t) >= candidate_floor, in (0, 1]."""
+    max_continuations: int = 100_000
+    """Upper bound on the continuations one probe samples (prompt groups beyond it are dropped)."""
+    batch_size: int = 256
+    """Continuations sampled at once."""
+
+    def validate(self) -> None:
+        where = "probe config"
+        check.integer(where, "probe.every", self.every, low=0)
+        check.integer(where, "probe.n_prompts", self.n_prompts, low=1)
+        check.choice(where, "probe.split", self.split, PROBE_SPLITS)
+        check.integer(where, "probe.group_size", self.group_size, low=2)
+        check.integer(where, "probe.k", self.k, low=2)
+        check.number(where, "probe.skip_tol", self.skip_tol, low=0.0, high=1.0, high_open=True)
+        check.choice(where, "probe.info_positions", self.info_positions, PROBE_INFO_RULES)
+        check.integer(where, "probe.info_per_response", self.info_per_response, low=1)
+        if self.info_k is not None:
+            check.integer(where, "probe.info_k", self.info_k, low=2)
+        check.number(where, "probe.candidate_floor", self.candidate_floor, low=0.0, high=1.0, low_open=True)
+        check.integer(where, "probe.max_continuations", self.max_continuations, low=1)
+        check.integer(where, "probe.batch_size", self.batch_size, low=1)
+
+    @property
+    def candidate_k(self) -> int:
+        return self.k if self.info_k is None else self.info_k
+
+
 @dataclass
 class QuadrlConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -296,7 +353,7 @@ class QuadrlConfig:
     run_dir: str | None = None
     """Checkpoints and outputs; default: Hydra's job output directory. Re-running in it resumes."""
     probe: ProbeConfig = field(default_factory=ProbeConfig)
-    """The counterfactual credit probe: ``quadrl-probe``, and ``probe.every`` in training runs (grpo/probe.py)."""
+    """The counterfactual credit probe: ``probe.every`` in training runs, and ``quadrl-probe`` (grpo/probe.py)."""
 
 
 def register_configs() -> None:

@@ -37,7 +37,7 @@ from grpo.checks import ConfigError
 from grpo.loss import token_coefficients
 
 if TYPE_CHECKING:
-    from grpo.quadrants import EntropySplit
+    from grpo.entropy_split import EntropySplit
     from grpo.rollout import Rollout
 
 

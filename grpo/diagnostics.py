@@ -1,8 +1,10 @@
-"""Per-quadrant diagnostics the trainer calls (not a method): gradient decomposition, log-prob change, diversity.
+"""Per-quadrant diagnostics (not a method): gradient decomposition, log-prob change, answer diversity.
 
-Gradient decomposition. The trainer passes ``loss_for_multiplier(m, logp)``: the scalar policy loss of the
-current log-probs ``logp`` ([B, T]) with every token's weight multiplied by the [B, T] float tensor m (m = ones
-gives the loss it optimises). The loss is affine in m -- L(m) = sum_t m_t a_t + c, where c collects whatever
+Measured by the instruments of grpo/instruments/ (the training loop calls their hooks, never this module).
+
+Gradient decomposition. The caller (``GradientDiagnostics``, from the step's ``StepView``) passes
+``loss_for_multiplier(m, logp)``: the scalar policy loss of the current log-probs ``logp`` ([B, T]) with every
+token's weight multiplied by the [B, T] float tensor m (m = ones gives the loss it optimises). The loss is affine in m -- L(m) = sum_t m_t a_t + c, where c collects whatever
 the closure does not multiply by m (e.g. the KL term if only the policy-gradient weights are scaled) -- so with
 g(m) = dL(m)/dtheta::
 
@@ -31,7 +33,7 @@ and ``quadrant/full/grad_norm``, ``quadrant/base/grad_norm`` (g_base) and ``quad
 ||v(1) - v(0) - sum_q u_q|| / ||v(1)||, evaluated at ``logp_values`` (a check of the closure's linearity in m;
 ~1e-7 expected).
 Cost: a forward and a backward over the positive responses' rows with one more backward, the same over the
-negative ones, plus a full forward and backward when there is a KL term; the trainer adds a no-grad forward for
+negative ones, plus a full forward and backward when there is a KL term; the instrument adds a no-grad forward for
 the log-prob change. Before this, it was one full forward and up to 7 full backward passes.
 """
 

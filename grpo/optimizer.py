@@ -17,7 +17,8 @@ Measuring the update keeps one copy of the trainable parameters during ``optimiz
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -63,18 +64,58 @@ def _norm(tensors: list[Tensor]) -> float:
     return float(torch.nn.utils.get_total_norm(tensors, 2.0)) if tensors else 0.0
 
 
+class UpdateMeter:
+    """Measures optimiser steps (module docstring): call :meth:`before` just before ``optimizer.step()`` (the
+    gradients clipped) and :meth:`after` just after it."""
+
+    def __init__(self) -> None:
+        self.clipped, self.copy = 0.0, []
+
+    def before(self, params: list[Tensor]) -> None:
+        self.clipped = _norm([p.grad for p in params if p.grad is not None])
+        self.copy = [p.detach().clone() for p in params]
+
+    def after(self, params: list[Tensor], grad_norm: float = math.nan) -> StepNorms:
+        for p, b in zip(params, self.copy, strict=True):
+            b.sub_(p.detach())  # in place: the copy becomes -(theta_after - theta_before), no second copy
+        norms = StepNorms(grad_norm, self.clipped, _norm(self.copy))
+        self.copy = []
+        return norms
+
+
+def clip_and_step(
+    optimizer: torch.optim.Optimizer,
+    params: list[Tensor],
+    grad_clip: float,
+    before: Callable[[], None] = lambda: None,
+    after: Callable[[], None] = lambda: None,
+) -> float:
+    """Clip the gradients of ``params`` to ``grad_clip`` (<= 0: no clipping), call ``before``, step, call
+    ``after``; returns the gradient's norm before clipping (``train/grad_norm``)."""
+    limit = grad_clip if grad_clip > 0 else float("inf")
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, limit))
+    before()
+    optimizer.step()
+    after()
+    return grad_norm
+
+
 def optimizer_step(
     optimizer: torch.optim.Optimizer, params: list[Tensor], grad_clip: float, measure_update: bool = True
 ) -> StepNorms:
-    """Clip the gradients of ``params`` to ``grad_clip`` (<= 0: no clipping), step, and report the norms."""
-    limit = grad_clip if grad_clip > 0 else float("inf")
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, limit))
-    clipped = _norm([p.grad for p in params if p.grad is not None])
+    """:func:`clip_and_step` with the norms of that step (the update's NaN unless ``measure_update``)."""
+    meter = UpdateMeter()
     if not measure_update:
-        optimizer.step()
-        return StepNorms(grad_norm, clipped, math.nan)
-    before = [p.detach().clone() for p in params]
-    optimizer.step()
-    for p, b in zip(params, before, strict=True):
-        b.sub_(p.detach())  # in place: the copy becomes -(theta_after - theta_before), no second copy
-    return StepNorms(grad_norm, clipped, _norm(before))
+        clipped: list[float] = []
+        grads = lambda: clipped.append(_norm([p.grad for p in params if p.grad is not None]))  # noqa: E731
+        grad_norm = clip_and_step(optimizer, params, grad_clip, before=grads)
+        return StepNorms(grad_norm, clipped[0], math.nan)
+    measured: list[StepNorms] = []
+    grad_norm = clip_and_step(
+        optimizer,
+        params,
+        grad_clip,
+        before=lambda: meter.before(params),
+        after=lambda: measured.append(meter.after(params)),
+    )
+    return replace(measured[0], grad_norm=grad_norm)

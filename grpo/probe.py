@@ -49,94 +49,19 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from grpo import checks as check
 from grpo.advantages import group_advantages
 from grpo.checks import ConfigError
+from grpo.config import AlgoConfig, ProbeConfig, SamplingConfig
 from grpo.credit import TokenFacts
-from grpo.quadrants import EntropySplit, split_quadrants
-from grpo.rollout import Rollout, _backbone_and_head, positions, sample
+from grpo.entropy_split import EntropySplit
+from grpo.quadrants import split_quadrants
+from grpo.rollout import Rollout, backbone_and_head, positions, sample
 from grpo.task import Task
 from runrecord import QUADRANTS
 
-if TYPE_CHECKING:  # grpo.config holds a ProbeConfig and grpo.trainer calls the probe: types only
-    from grpo.config import AlgoConfig, SamplingConfig
+if TYPE_CHECKING:
+    from grpo.batch import Batch
     from grpo.model import Policy
-    from grpo.trainer import Batch
-
-INFO_RULES = ("none", "top_entropy", "all")
-SPLITS = ("test", "train")
-
-
-@dataclass
-class ProbeConfig:
-    """The credit probe (``quadrl-probe``, and ``probe.every`` in a training run)."""
-
-    every: int = 0
-    """Training runs: probe the policy every N steps (and at step 0) and log ``probe/*`` metrics; 0 = off."""
-    n_prompts: int = 16
-    """Prompts probed: the first n of the task's ``split``."""
-    split: str = "test"
-    """Which split the prompts come from: ``test`` or ``train``."""
-    group_size: int = 4
-    """Responses sampled per prompt (>= 2: the quadrants need GRPO advantages, the scoreboard too)."""
-    k: int = 8
-    """Continuations per state for V(s_t) (>= 2). se(V^) ~ 0.5 / sqrt(k) at V = 0.5."""
-    skip_tol: float = 0.01
-    """Tokens sampled with 1 - pi(o_t|s_t) < skip_tol get delta = 0 without continuations (|delta_t| <= 1 - pi
-    exactly); 0 = estimate V at every state. In [0, 1)."""
-    info_positions: str = "top_entropy"
-    """Where I_t is estimated: ``none``; ``top_entropy``: the ``info_per_response`` highest-entropy uncertain
-    tokens of each response; ``all``: every uncertain token."""
-    info_per_response: int = 2
-    """Positions per response under ``info_positions: top_entropy``."""
-    info_k: int | None = None
-    """Continuations per candidate token for V(s_t, a) (>= 2); null = ``k``."""
-    candidate_floor: float = 0.05
-    """Candidates a at a probed position: pi(a|s_t) >= candidate_floor, in (0, 1]."""
-    max_continuations: int = 100_000
-    """Upper bound on the continuations one probe samples (prompt groups beyond it are dropped)."""
-    batch_size: int = 256
-    """Continuations sampled at once."""
-    no_credit_z: float = 2.0
-    """Scoreboard: a token has no measured credit when |delta^_t| <= no_credit_z * se (or it was skipped)."""
-    scoreboard: bool = True
-    """quadrl-probe: score every intervention's per-token credit against the measured credit."""
-    experiment: str = "quadrl-probe"
-    """quadrl-probe: the MLflow experiment of probe runs (kept apart from training runs' reports)."""
-    out: str | None = None
-    """quadrl-probe: report folder; null = ``probe_report`` in the Hydra output directory."""
-    checkpoint: str | None = None
-    """quadrl-probe: a training run directory whose checkpoint (``<dir>/checkpoint``) is loaded into the model
-    given by ``model=`` (the same model config the run trained, LoRA included)."""
-    progress: bool = True
-    """quadrl-probe: show a progress bar over the continuations."""
-    exact: bool = True
-    """quadrl-probe: on a task that computes V exactly (``task.exact_values``: fork), also report the exact
-    credit of the same batch, the scoreboard against it, and how well the estimates agree (needs top_p = 1)."""
-
-    def validate(self) -> None:
-        where = "probe config"
-        check.integer(where, "probe.every", self.every, low=0)
-        check.integer(where, "probe.n_prompts", self.n_prompts, low=1)
-        check.choice(where, "probe.split", self.split, SPLITS)
-        check.integer(where, "probe.group_size", self.group_size, low=2)
-        check.integer(where, "probe.k", self.k, low=2)
-        check.number(where, "probe.skip_tol", self.skip_tol, low=0.0, high=1.0, high_open=True)
-        check.choice(where, "probe.info_positions", self.info_positions, INFO_RULES)
-        check.integer(where, "probe.info_per_response", self.info_per_response, low=1)
-        if self.info_k is not None:
-            check.integer(where, "probe.info_k", self.info_k, low=2)
-        check.number(where, "probe.candidate_floor", self.candidate_floor, low=0.0, high=1.0, low_open=True)
-        check.integer(where, "probe.max_continuations", self.max_continuations, low=1)
-        check.integer(where, "probe.batch_size", self.batch_size, low=1)
-        check.number(where, "probe.no_credit_z", self.no_credit_z, low=0.0)
-        check.boolean(where, "probe.scoreboard", self.scoreboard)
-        check.boolean(where, "probe.progress", self.progress)
-        check.boolean(where, "probe.exact", self.exact)
-
-    @property
-    def candidate_k(self) -> int:
-        return self.k if self.info_k is None else self.info_k
 
 
 def bernoulli_kl(p: float, q: float) -> float:
@@ -217,7 +142,7 @@ def _probs_at(
     mask = torch.cat([rollout.prompt_mask, rollout.response_mask], dim=1)
     at = rollout.prompt_ids.shape[1] - 1 + cols  # the state before response token t
     kw = dict(input_ids=input_ids, attention_mask=mask.long(), position_ids=positions(mask))
-    split = _backbone_and_head(model)
+    split = backbone_and_head(model)
     if split is None:
         logits = model(**kw).logits[rows, at]
     else:
@@ -385,7 +310,7 @@ def probe_credit(
     announce: Callable[[ProbePlan], None] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> CreditProbe:
-    """Measure V, delta and I on ``batch`` (G responses per prompt, e.g. ``grpo.trainer.sample_groups``).
+    """Measure V, delta and I on ``batch`` (G responses per prompt, e.g. ``grpo.batch.sample_groups``).
 
     ``sampling.max_new_tokens`` must be resolved (the task's budget). ``announce(plan)`` is called before any
     continuation is sampled; ``progress(n)`` after every n continuations.
@@ -557,7 +482,7 @@ def spearman(x: Tensor, y: Tensor) -> tuple[float, float]:
     """Spearman's rank correlation (ties averaged) and its two-sided p-value; NaN when either is constant."""
     if x.numel() < 3 or bool((x == x[0]).all()) or bool((y == y[0]).all()):
         return math.nan, math.nan
-    from scipy import stats  # here, not at the top: grpo.config imports this module
+    from scipy import stats  # here, not at the top: only the probe app's report needs it
 
     result = stats.spearmanr(x.cpu().numpy(), y.cpu().numpy())
     return float(result.statistic), float(result.pvalue)

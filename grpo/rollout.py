@@ -228,7 +228,7 @@ def _plain_linear(head: torch.nn.Module) -> bool:
     return type(head) is torch.nn.Linear and not (head._forward_hooks or head._forward_pre_hooks)
 
 
-def _backbone_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module] | None:
+def backbone_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module] | None:
     """(decoder, output head) when the model's logits are exactly ``head(decoder(...).last_hidden_state)``."""
     if logits_postprocessing(getattr(model, "config", None)) is not None:
         return None
@@ -314,7 +314,7 @@ def _response_logprobs(
     mask = torch.cat([prompt_mask, response_mask[:, :last]], dim=1)
     n_prompt = prompt_ids.shape[1]
     asks = {f"output_{key}": True for key in capture or {}}
-    split = _backbone_and_head(model)
+    split = backbone_and_head(model)
     if split is None:  # no exact split into backbone + head: fall back to the model's full logits
         states = model(input_ids=input_ids, attention_mask=mask.long(), position_ids=positions(mask), **asks)
         hidden, head = states.logits[:, n_prompt - 1 : -1], torch.nn.Identity()

@@ -2,7 +2,9 @@
 
 One step, read top to bottom in :meth:`Trainer.step`. The loop knows nothing of any particular intervention:
 it builds the batch's :class:`TokenFacts`, asks the configured intervention for a :class:`TokenCredit`, and
-optimises ``grpo.loss.policy_loss`` with it.
+optimises ``grpo.loss.policy_loss`` with it. Nor does it measure anything of the study: the quadrant statistics,
+gradient diagnostics, cancellation, update norms and the probe are instruments (grpo/instrument.py) that the app
+passes in, as it passes the metrics sink; the loop calls their hooks around the update.
 
 Step numbering: metrics logged at step s describe the policy after s updates (``eval/*`` at step 0 is the
 base model). Every random draw comes from a named ``torch.Generator`` that the checkpoint saves, so a resumed
@@ -13,8 +15,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,132 +31,21 @@ from grpo.advantages import (
     informative_groups,
     overlong_penalty,
 )
-from grpo.cancellation import cancellation_metrics
-from grpo.config import QuadrlConfig, SamplingConfig
+from grpo.batch import Batch, concat_batches, sample_groups
+from grpo.config import QuadrlConfig
 from grpo.credit import Intervention, TokenCredit, TokenFacts
-from grpo.diagnostics import answer_diversity, logprob_change, quadrant_gradient_diagnostics
 from grpo.engine import engine_of
 from grpo.evaluate import evaluate
 from grpo.facts import TEACHER, FactSource, check_model, facts_for
+from grpo.instrument import Instrument, StepView
 from grpo.loss import policy_loss
 from grpo.metrics import MetricsSink
 from grpo.mismatch import mismatch_metrics, tis_weights
 from grpo.model import Policy
-from grpo.optimizer import StepNorms, build_optimizer, optimizer_step
-from grpo.probe import credit_summary, probe_credit
-from grpo.quadrants import quadrant_stats, split_quadrants
-from grpo.rollout import Rollout, response_logprobs
+from grpo.optimizer import build_optimizer, clip_and_step
+from grpo.rollout import response_logprobs
 from grpo.suite import Benchmark, evaluate_suite
-from grpo.task import Example, Task, score_completions
-
-
-@dataclass
-class Batch:
-    """One rollout batch: G responses for each of its prompts, with rewards and texts."""
-
-    rollout: Rollout
-    examples: list[Example]
-    """One per response (prompt repeated G times)."""
-    texts: list[str]
-    rewards: Tensor
-    group_ids: Tensor
-    reward_stats: dict[str, float] = field(default_factory=dict)
-    """What scoring cost: ``perf/reward_time_s``, ``train/reward_timeouts``, ``train/reward_errors``."""
-
-    def select(self, rows: Tensor) -> Batch:
-        r = self.rollout
-        keep = rows.tolist()
-        _, group_ids = torch.unique_consecutive(self.group_ids[rows], return_inverse=True)
-        return Batch(
-            Rollout(
-                r.prompt_ids[rows],
-                r.prompt_mask[rows],
-                r.response_ids[rows],
-                r.response_mask[rows],
-                r.logprobs[rows],
-                r.entropy[rows],
-                None if r.rollout_logprobs is None else r.rollout_logprobs[rows],
-            ),
-            [self.examples[i] for i in keep],
-            [self.texts[i] for i in keep],
-            self.rewards[rows],
-            group_ids,
-        )
-
-
-def concat_batches(batches: list[Batch], pad_id: int) -> Batch:
-    """Stack batches whose prompts and responses have different widths (left/right padding kept)."""
-    if len(batches) == 1:
-        return batches[0]
-    p_width = max(b.rollout.prompt_ids.shape[1] for b in batches)
-    t_width = max(b.rollout.response_ids.shape[1] for b in batches)
-
-    def pad(x: Tensor, width: int, left: bool, value: float | int | bool) -> Tensor:
-        extra = width - x.shape[1]
-        filler = torch.full((x.shape[0], extra), value, dtype=x.dtype, device=x.device)
-        return torch.cat([filler, x] if left else [x, filler], dim=1)
-
-    r = [b.rollout for b in batches]
-    rollout = Rollout(
-        torch.cat([pad(x.prompt_ids, p_width, True, pad_id) for x in r]),
-        torch.cat([pad(x.prompt_mask, p_width, True, False) for x in r]),
-        torch.cat([pad(x.response_ids, t_width, False, pad_id) for x in r]),
-        torch.cat([pad(x.response_mask, t_width, False, False) for x in r]),
-        torch.cat([pad(x.logprobs, t_width, False, 0.0) for x in r]),
-        torch.cat([pad(x.entropy, t_width, False, 0.0) for x in r]),
-        None
-        if any(x.rollout_logprobs is None for x in r)
-        else torch.cat([pad(x.rollout_logprobs, t_width, False, 0.0) for x in r]),  # type: ignore[arg-type]
-    )
-    offsets, group_ids = 0, []
-    for b in batches:
-        group_ids.append(b.group_ids + offsets)
-        offsets += int(b.group_ids.max()) + 1 if len(b.group_ids) else 0
-    return Batch(
-        rollout,
-        [e for b in batches for e in b.examples],
-        [t for b in batches for t in b.texts],
-        torch.cat([b.rewards for b in batches]),
-        torch.cat(group_ids),
-    )
-
-
-def sample_groups(
-    policy: Policy,
-    task: Task,
-    examples: list[Example],
-    group_size: int,
-    sampling: SamplingConfig,
-    generator: torch.Generator,
-) -> Batch:
-    """``group_size`` responses to each prompt, scored by the task's verifier (rows ordered by prompt)."""
-    flat = [ex for ex in examples for _ in range(group_size)]
-    policy.model.eval()
-    roll = engine_of(policy).generate(
-        policy.model,
-        [ids for ex in examples for ids in [policy.encode_prompt(ex.prompt, ex.messages)] * group_size],
-        max_new_tokens=sampling.max_new_tokens,
-        eos_id=policy.stop_ids,
-        pad_id=policy.pad_id,
-        temperature=sampling.temperature,
-        top_p=sampling.top_p,
-        generator=generator,
-    )
-    policy.model.train()  # the update that follows trains in train mode (LoRA dropout)
-    texts = [policy.decode(roll.response_ids[i][roll.response_mask[i]].tolist()) for i in range(len(flat))]
-    started = time.perf_counter()
-    scored = score_completions(task, flat, texts)
-    stats = {
-        "perf/reward_time_s": time.perf_counter() - started,
-        "train/reward_timeouts": float(scored.timeouts),
-        "train/reward_errors": float(sum(scored.errors.values())),
-    }
-    for name, (total, n, none) in scored.parts.items():  # summed over sampling rounds; mean taken in step()
-        stats.update({f"train/reward/{name}": total, f"train/reward/{name}/n": n})
-        stats[f"train/reward/{name}/none"] = none
-    rewards = torch.tensor(scored.rewards, dtype=torch.float32)
-    group_ids = torch.arange(len(examples)).repeat_interleave(group_size)
-    return Batch(roll, flat, texts, rewards, group_ids, stats)
+from grpo.task import Example, Task
 
 
 def lr_lambda(schedule: str, warmup: int, total: int):
@@ -189,8 +80,10 @@ class Trainer:
         teacher: torch.nn.Module | None = None,
         suite: Sequence[Benchmark] = (),
         world: dist_.World = dist_.SINGLE,
+        instruments: Sequence[Instrument] = (),
     ):
         self.cfg, self.policy, self.task, self.intervention = cfg, policy, task, intervention
+        self.instruments = list(instruments)  # what the run measures (grpo/instrument.py), built by the app
         self.suite = list(suite)  # eval.suite's benchmarks, built by the app (they read files)
         self.tracker, self.run_dir, self.teacher = tracker, run_dir, teacher
         check_model(cfg, intervention, policy, teacher)  # refuse missing requirements before any rollout
@@ -206,8 +99,6 @@ class Trainer:
             policy.model.train()  # the update trains in train mode (LoRA dropout); sampling toggles the copy
         self.train_examples = task.train()  # a lazy Sequence: built-in splits hold 10^6 generated items
         self._order: tuple[int, list[int]] | None = None
-        # the quadrants logged are the ones the intervention acts on, when it splits tokens itself
-        self.diag_split = intervention.quadrant_split() or cfg.diagnostics.split
         self.params = [p for p in policy.model.parameters() if p.requires_grad]
         o = cfg.optim
         self.optimizer = build_optimizer(
@@ -484,13 +375,50 @@ class Trainer:
         ]
 
     def step(self, step: int) -> dict[str, float]:
-        cfg = self.cfg
+        """One GRPO step: sample and score, advantages (the facts), credit, loss, update. The instruments
+        observe the step before and after the update (grpo/instrument.py); their metrics join the step's."""
         t0 = time.perf_counter()
+        batch, metrics = self.sample_batch(step)
+        t_rollout = time.perf_counter() - t0
+        facts = self.facts(batch, step)
+        if self.world.active:  # every rank now holds the global batch's facts: the credit is global
+            facts = self.gather_facts(facts, metrics)
+        credit = TokenCredit.grpo_default(facts)
+        if self.intervention.active(step):
+            credit = self.intervention.credit(facts, credit, self.generators["intervention"])
+        credit = self.correct_mismatch(batch, credit, metrics)
+        metrics.update(self.credit_metrics(batch, facts, credit))
+        view = self.view(step, batch, facts, credit)
+        self.observe("before_update", view, metrics)
+
+        t1 = time.perf_counter()
+        terms, grad_norms = self.update(batch, facts, credit)
+        t_update = time.perf_counter() - t1
+        # the next rollout samples from the updated weights (an engine other than native holds its own copy)
+        metrics.update(engine_of(self.sampler_policy).push_weights(self.sampler_policy.model))
+        self.observe("after_update", view, metrics)
+
+        metrics.update(self.update_metrics(facts, credit, terms, grad_norms))
+        n_tokens, step_time = int(facts.response_mask.sum()), time.perf_counter() - t0
+        metrics.update(
+            {
+                "perf/step_time_s": step_time,
+                "perf/rollout_time_s": t_rollout,
+                "perf/update_time_s": t_update,
+                "perf/tokens_per_s": n_tokens / step_time,
+                "perf/gen_tokens_per_s": n_tokens / max(t_rollout, 1e-9),
+            }
+        )
+        self.log_samples(step, batch, facts)
+        return metrics
+
+    def sample_batch(self, step: int) -> tuple[Batch, dict[str, float]]:
+        """The step's rollout batch and its sampling metrics (``train/groups_informative``, what scoring cost, each
+        reward function's mean); several processes: this rank's rows, padded to the global response width."""
         self.reward_log = dict.fromkeys(self.reward_log, 0.0)
         if self.world.active:  # a pure function of (seed, step, rank): nothing to save, resumable on any size
-            self.generators["sampling"].manual_seed(dist_.sampling_seed(cfg.seed, step, self.world.rank))
+            self.generators["sampling"].manual_seed(dist_.sampling_seed(self.cfg.seed, step, self.world.rank))
         batch, metrics = self.rollout()
-        t_rollout = time.perf_counter() - t0
         if self.world.active:
             # every rank's rows padded to the global response width, as one process's batch would be
             width = dist_.max_int(batch.rollout.response_ids.shape[1])
@@ -503,99 +431,104 @@ class Trainer:
         metrics.update(self.reward_log)
         for key in [k for k in metrics if k.startswith("train/reward/") and k + "/n" in metrics]:
             metrics[key] /= max(metrics.pop(key + "/n"), 1.0)  # a reward function's mean over its samples
+        return batch, metrics
 
-        facts = self.facts(batch, step)
-        if self.world.active:  # every rank now holds the global batch's facts: the credit is global
-            facts = dist_.gather_facts(facts, self.world)
-            if "train/groups_informative" in metrics and not cfg.algo.dynamic_sampling:  # all ranks' groups
-                informative = informative_groups(facts.rewards, facts.group_ids)
-                metrics["train/groups_informative"] = float(informative.float().mean())
-        credit = TokenCredit.grpo_default(facts)
-        if self.intervention.active(step):
-            credit = self.intervention.credit(facts, credit, self.generators["intervention"])
-        # another engine sampled: the mismatch (grpo/mismatch.py)
+    def gather_facts(self, facts: TokenFacts, metrics: dict[str, float]) -> TokenFacts:
+        """Several processes: the global batch's facts on every rank (and its informative groups' share)."""
+        facts = dist_.gather_facts(facts, self.world)
+        if "train/groups_informative" in metrics and not self.cfg.algo.dynamic_sampling:  # all ranks' groups
+            informative = informative_groups(facts.rewards, facts.group_ids)
+            metrics["train/groups_informative"] = float(informative.float().mean())
+        return facts
+
+    def correct_mismatch(self, batch: Batch, credit: TokenCredit, metrics: dict[str, float]) -> TokenCredit:
+        """Another engine sampled (grpo/mismatch.py): log the mismatch, and with ``rollout.tis`` weight the credit
+        by the truncated importance ratios. Training, not an instrument: the correction reads the same ratios."""
         sampler_logp = batch.rollout.rollout_logprobs
-        if sampler_logp is not None and not self.world.active:
-            ro = cfg.rollout
-            mask = batch.rollout.response_mask
-            metrics.update(mismatch_metrics(batch.rollout.logprobs, sampler_logp, mask, ro.tis, ro.tis_cap))
-            if ro.tis != "off":
-                w = tis_weights(batch.rollout.logprobs, sampler_logp, mask, ro.tis, ro.tis_cap)
-                credit = replace(credit, weights=credit.weights * w)
-        masks = split_quadrants(facts, self.diag_split)
-        metrics.update(quadrant_stats(facts, credit, masks))
-        if cfg.diagnostics.cancellation:
-            t_cancel = time.perf_counter()
-            metrics.update(cancellation_metrics(facts, credit, masks))
-            metrics["perf/cancel_time_s"] = time.perf_counter() - t_cancel
-        metrics.update({f"intervention/{k}": v for k, v in credit.info.items()})
-        if cfg.algo.overlong_buffer > 0:
-            metrics["train/overlong_penalty_mean"] = float(self.overlong(batch).mean())
+        if sampler_logp is None or self.world.active:
+            return credit
+        ro, r = self.cfg.rollout, batch.rollout
+        metrics.update(mismatch_metrics(r.logprobs, sampler_logp, r.response_mask, ro.tis, ro.tis_cap))
+        if ro.tis == "off":
+            return credit
+        w = tis_weights(r.logprobs, sampler_logp, r.response_mask, ro.tis, ro.tis_cap)
+        return replace(credit, weights=credit.weights * w)
+
+    def credit_metrics(self, batch: Batch, facts: TokenFacts, credit: TokenCredit) -> dict[str, float]:
+        """What the intervention reports (``intervention/*``), the overlong penalty and the teacher's KL."""
+        a = self.cfg.algo
+        out = {f"intervention/{k}": v for k, v in credit.info.items()}
+        if a.overlong_buffer > 0:
+            out["train/overlong_penalty_mean"] = float(self.overlong(batch).mean())
             if self.world.active:
-                (metrics["train/overlong_penalty_mean"],) = dist_.weighted_mean(
-                    [(metrics["train/overlong_penalty_mean"], float(self.n_local))]
+                (out["train/overlong_penalty_mean"],) = dist_.weighted_mean(
+                    [(out["train/overlong_penalty_mean"], float(self.n_local))]
                 )
-        if (
-            cfg.algo.advantage == "teacher"
-        ):  # -a_t: the sampled-token estimate of KL(pi_old || pi_T) per token
+        if a.advantage == "teacher":  # -a_t: the sampled-token estimate of KL(pi_old || pi_T) per token
             n_resp = max(1, int(facts.response_mask.sum()))
-            metrics["train/teacher_kl"] = -float(facts.advantages.sum()) / n_resp
+            out["train/teacher_kl"] = -float(facts.advantages.sum()) / n_resp
+        return out
 
-        diagnose = cfg.diagnostics.every > 0 and step % cfg.diagnostics.every == 0
+    def view(self, step: int, batch: Batch, facts: TokenFacts, credit: TokenCredit) -> StepView:
+        """What the instruments see of this step (grpo/instrument.py)."""
         everything = torch.arange(len(facts.rewards))
-        if diagnose:
 
-            def loss_for_multiplier(m: Tensor, logp: Tensor) -> Tensor:
-                return self.loss(
-                    facts, credit, batch, everything, multiplier=m, with_extra=False, logp=logp
-                ).loss
+        def loss_for_multiplier(m: Tensor, logp: Tensor) -> Tensor:
+            return self.loss(facts, credit, batch, everything, multiplier=m, with_extra=False, logp=logp).loss
 
-            metrics.update(
-                quadrant_gradient_diagnostics(
-                    self.params,
-                    loss_for_multiplier,
-                    masks,
-                    lambda rows: self.logprobs(batch, rows),
-                    facts.old_logprobs,
-                )
-            )
+        return StepView(
+            step,
+            batch,
+            facts,
+            credit,
+            self.params,
+            self.world,
+            loss_for_multiplier,
+            lambda rows: self.logprobs(batch, rows),
+        )
 
-        t1 = time.perf_counter()
+    def observe(self, hook: str, view: StepView, metrics: dict[str, float]) -> None:
+        """Call ``hook`` on every instrument that has it, in order; their metrics join ``metrics``."""
+        for instrument in self.instruments:
+            method = getattr(instrument, hook, None)
+            if method is not None:
+                metrics.update(method(view) or {})
+
+    def _hooks(self, name: str) -> Callable[[], None]:
+        methods = [getattr(i, name) for i in self.instruments if hasattr(i, name)]
+
+        def call() -> None:
+            for method in methods:
+                method(self.params)
+
+        return call
+
+    def update(self, batch: Batch, facts: TokenFacts, credit: TokenCredit) -> tuple[list[Any], list[float]]:
+        """``algo.epochs`` passes over the minibatches, one optimiser step each: their loss terms and the
+        gradient norms before clipping."""
         terms_log: list[Any] = []
-        norms: list[StepNorms] = []
-        for _ in range(cfg.algo.epochs):
+        grad_norms: list[float] = []
+        before, after = self._hooks("before_optimizer_step"), self._hooks("after_optimizer_step")
+        for _ in range(self.cfg.algo.epochs):
             for rows in self.minibatches(batch):
                 terms = self.loss(facts, credit, batch, rows)
                 self.optimizer.zero_grad(set_to_none=True)
                 # FSDP2 averages gradients over ranks; times W makes it the sum: the one-process gradient
                 (terms.loss * self.world.size if self.world.active else terms.loss).backward()
-                norms.append(
-                    optimizer_step(
-                        self.optimizer, self.params, cfg.optim.grad_clip, cfg.diagnostics.update_norm
-                    )
+                grad_norms.append(
+                    clip_and_step(self.optimizer, self.params, self.cfg.optim.grad_clip, before, after)
                 )
                 self.scheduler.step()
                 terms_log.append(terms)
-        t_update = time.perf_counter() - t1
-        # the next rollout samples from the updated weights (an engine other than native holds its own copy)
-        metrics.update(engine_of(self.sampler_policy).push_weights(self.sampler_policy.model))
+        return terms_log, grad_norms
 
-        if cfg.diagnostics.update_norm:  # per optimiser step, averaged like grad_norm (grpo/optimizer.py)
-            metrics["train/update_norm"] = sum(x.update_norm for x in norms) / len(norms)
-            metrics["train/update_to_grad_ratio"] = sum(x.update_to_grad for x in norms) / len(norms)
-        if diagnose:
-            with torch.no_grad():
-                after = self.logprobs(batch, everything)
-            metrics.update(logprob_change(facts.behaviour_logprobs, after, masks))
-
+    def update_metrics(
+        self, facts: TokenFacts, credit: TokenCredit, terms_log: list[Any], grad_norms: list[float]
+    ) -> dict[str, float]:
+        """The step's rewards, loss terms (means over the optimiser steps; global over processes), entropy,
+        response length, gradient norm and learning rate."""
         mask = facts.response_mask
-        n_tokens = int(mask.sum())
-        step_time = time.perf_counter() - t0
-        texts = batch.texts
-        if self.world.active:
-            texts = [t for part in dist_.gather_objects(batch.texts) for t in part]
-        answers = [self.task.extract_answer(t) for t in texts]
-        n = len(terms_log)
+        n_tokens, n = int(mask.sum()), len(terms_log)
         rewards = facts.rewards  # the global batch's (batch.rewards itself in one process)
         terms_mean = {
             "train/loss": sum(float(t.loss.detach()) for t in terms_log) / n,
@@ -607,25 +540,20 @@ class Trainer:
         }
         if self.world.active:
             terms_mean.update(self._reduce_terms(terms_mean, facts, credit))
-        metrics.update(
-            {
-                "train/reward_mean": float(rewards.mean()),
-                "train/reward_std": float(rewards.std()) if len(rewards) > 1 else 0.0,
-                "train/accuracy": float((rewards >= 1.0).float().mean()),
-                **terms_mean,
-                "train/entropy_mean": float((facts.entropy * mask).sum() / max(1, n_tokens)),
-                "train/response_len": n_tokens / len(rewards),
-                "train/grad_norm": sum(x.grad_norm for x in norms) / len(norms),
-                "train/lr": float(self.scheduler.get_last_lr()[0]),
-                "train/answer_diversity": answer_diversity(answers, facts.group_ids.tolist()),
-                "perf/step_time_s": step_time,
-                "perf/rollout_time_s": t_rollout,
-                "perf/update_time_s": t_update,
-                "perf/tokens_per_s": n_tokens / step_time,
-                "perf/gen_tokens_per_s": n_tokens / max(t_rollout, 1e-9),
-            }
-        )
-        every = cfg.train.log_samples_every
+        return {
+            "train/reward_mean": float(rewards.mean()),
+            "train/reward_std": float(rewards.std()) if len(rewards) > 1 else 0.0,
+            "train/accuracy": float((rewards >= 1.0).float().mean()),
+            **terms_mean,
+            "train/entropy_mean": float((facts.entropy * mask).sum() / max(1, n_tokens)),
+            "train/response_len": n_tokens / len(rewards),
+            "train/grad_norm": sum(grad_norms) / len(grad_norms),
+            "train/lr": float(self.scheduler.get_last_lr()[0]),
+        }
+
+    def log_samples(self, step: int, batch: Batch, facts: TokenFacts) -> None:
+        """Every ``train.log_samples_every`` steps: up to 32 of this rank's completions as a table."""
+        every = self.cfg.train.log_samples_every
         if every and step % every == 0:
             rows = [
                 {"prompt": ex.prompt, "completion": t, "reward": float(r), "advantage": float(a)}
@@ -634,7 +562,6 @@ class Trainer:
                 )
             ][:32]
             self.tracker.log_table(rows, f"samples/step_{step:06d}.json")
-        return metrics
 
     def _reduce_terms(
         self, local: dict[str, float], facts: TokenFacts, credit: TokenCredit
@@ -703,20 +630,15 @@ class Trainer:
         means = dist_.weighted_mean([(local[k], float(len(mine))) for k in keys])
         return dict(zip(keys, means, strict=True)), greedy
 
-    def probe(self, step: int) -> dict[str, float]:
-        """``probe/*``: where the measured credit of the current policy sits (grpo/probe.py), on the first
-        ``probe.n_prompts`` prompts of its split, with a generator of its own: training's streams are untouched."""
-        p = self.cfg.probe
-        examples = list((self.task.test() if p.split == "test" else self.train_examples)[: p.n_prompts])
-        gen = torch.Generator().manual_seed(self.cfg.seed * 15_485_863 + step)
-        batch = sample_groups(self.policy, self.task, examples, p.group_size, self.cfg.sampling, gen)
-        result = probe_credit(
-            self.policy, self.task, batch, p, self.cfg.sampling, self.cfg.algo, gen, step=step
-        )
-        return credit_summary(result, self.diag_split)
-
-    def probe_due(self, steps_done: int) -> bool:
-        return self.cfg.probe.every > 0 and steps_done % self.cfg.probe.every == 0
+    def between_steps(self, steps_done: int) -> None:
+        """Every instrument's ``between_steps`` metrics (e.g. the credit probe's), logged at ``steps_done``."""
+        metrics: dict[str, float] = {}
+        for instrument in self.instruments:
+            method = getattr(instrument, "between_steps", None)
+            if method is not None:
+                metrics.update(method(steps_done) or {})
+        if metrics:
+            self.tracker.log_metrics(metrics, steps_done)
 
     def state(self) -> dict[str, Any]:
         active = self.world.active  # sharded tensors: the gathered ones replace these (_save_distributed)
@@ -785,8 +707,8 @@ class Trainer:
         if self.next_step == 0 and self.eval_due(0):
             final = self.evaluate(0)
             self.tracker.log_metrics(final, 0)
-        if self.next_step == 0 and self.probe_due(0):
-            self.tracker.log_metrics(self.probe(0), 0)
+        if self.next_step == 0:
+            self.between_steps(0)
         progress = None
         if cfg.train.progress and self.world.is_main:  # one bar per run, not per process
             from tqdm import tqdm
@@ -799,8 +721,7 @@ class Trainer:
             if self.eval_due(self.next_step):
                 final = self.evaluate(self.next_step)
                 self.tracker.log_metrics(final, self.next_step)
-            if self.probe_due(self.next_step):
-                self.tracker.log_metrics(self.probe(self.next_step), self.next_step)
+            self.between_steps(self.next_step)
             if self.next_step % cfg.train.checkpoint_every == 0 or self.next_step == cfg.train.steps:
                 self.save_checkpoint()
             if progress is not None:

@@ -45,7 +45,7 @@ from torch import Tensor
 
 from grpo import checks as check
 from grpo.credit import ConfigError, Intervention, InterventionConfig, TokenCredit, TokenFacts, register
-from grpo.quadrants import EntropySplit, entropy_high_mask
+from grpo.entropy_split import EntropySplit, entropy_high_mask
 
 SCHEDULES = ("constant", "linear")
 SIDES = ("anchors", "explorers")

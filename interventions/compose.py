@@ -22,7 +22,7 @@ from grpo.credit import (
     build_intervention,
     register,
 )
-from grpo.quadrants import EntropySplit
+from grpo.entropy_split import EntropySplit
 
 
 @dataclass

@@ -38,7 +38,7 @@ from torch import Tensor
 
 from grpo import checks as check
 from grpo.credit import ConfigError, Intervention, InterventionConfig, TokenCredit, TokenFacts, register
-from grpo.quadrants import EntropySplit, entropy_high_mask
+from grpo.entropy_split import EntropySplit, entropy_high_mask
 
 DIVERGENCES = ("reverse_kl", "forward_kl")
 TEMPLATE_FIELDS = ("prompt", "answer", "solution")

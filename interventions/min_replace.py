@@ -37,8 +37,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from grpo.cancellation import batch_prefixes
 from grpo.credit import Intervention, InterventionConfig, TokenCredit, TokenFacts, register
+from grpo.prefixes import batch_prefixes
 
 
 @dataclass

@@ -35,7 +35,8 @@ from grpo.credit import (
     TokenFacts,
     register,
 )
-from grpo.quadrants import QUADRANTS, SPLIT_MODES, EntropySplit, split_quadrants
+from grpo.entropy_split import SPLIT_MODES, EntropySplit
+from grpo.quadrants import QUADRANTS, split_quadrants
 
 
 @dataclass

@@ -62,13 +62,14 @@ def tiny_llama(seed: int = 0, **config):
     return LlamaForCausalLM(LlamaConfig(**{**defaults, **config}))
 
 
-def compose_config(*overrides: str):
-    """The root config as `python -m experiments.train <overrides>` would see it."""
+def compose_config(*overrides: str, register=None):
+    """The root config as `python -m experiments.train <overrides>` would see it (``register``: another app's
+    schema, e.g. ``experiments.probe.register_probe_configs`` for quadrl-probe's)."""
     from hydra import compose, initialize_config_dir
 
     from grpo.config import register_configs
 
-    register_configs()
+    (register or register_configs)()
     with initialize_config_dir(config_dir=CONF, version_base=None):
         return compose("config", overrides=list(overrides))
 
@@ -171,7 +172,12 @@ def make_trainer(tmp_path: Path, model_dir: Path, jsonl: Path, *overrides: str, 
         from grpo.model import load_teacher
 
         teacher_model = load_teacher(cfg.model, teacher, policy.tokenizer)
-    return Trainer(cfg, policy, task, intervention, NullSink(), tmp_path, teacher=teacher_model)
+    from grpo.instruments import standard_instruments
+
+    measure = standard_instruments(cfg, intervention, policy, task)
+    return Trainer(
+        cfg, policy, task, intervention, NullSink(), tmp_path, teacher=teacher_model, instruments=measure
+    )
 
 
 FORK_PARAMS = {"length": 6, "decisive": 2, "n_test": 20, "test_pool_fraction": 0.5}

@@ -67,3 +67,56 @@ def test_the_core_never_imports_the_vllm_adapter():
             if module.split(".")[0] == "vllm" or module.startswith("experiments.vllm_engine"):
                 found.append(f"{path.relative_to(REPO)}:{line} imports {module}")
     assert found == []
+
+
+TRAINING_LOOP = ("grpo.trainer", "grpo.batch", "grpo.instrument")
+"""The training loop: it trains (sample, score, advantages, credit, loss, update) and measures nothing itself."""
+INSTRUMENT_MODULES = (
+    "grpo.instruments",
+    "grpo.diagnostics",
+    "grpo.cancellation",
+    "grpo.probe",
+    "grpo.quadrants",
+)
+"""What a run measures of the study (grpo/instrument.py): the app injects instruments into the loop. The
+quadrant split is core for the interventions that act on it; the loop itself never splits."""
+
+
+def loop_imports_of_instruments(root: Path = REPO) -> list[str]:
+    """Every instrument module the training loop reaches through imports (direct or not), with the path."""
+    from tests.test_import_cycles import import_graph
+
+    graph = import_graph(root)
+    found = []
+    for start in [m for m in TRAINING_LOOP if m in graph]:
+        parents: dict[str, str] = {start: ""}
+        frontier = [start]
+        while frontier:
+            nxt = []
+            for v in frontier:
+                for w in sorted(graph[v]):
+                    if w not in parents:
+                        parents[w] = v
+                        nxt.append(w)
+            frontier = nxt
+        for module in sorted(parents):
+            if any(module == i or module.startswith(i + ".") for i in INSTRUMENT_MODULES):
+                path = [module]
+                while parents[path[-1]]:
+                    path.append(parents[path[-1]])
+                found.append(" -> ".join(reversed(path)))
+    return found
+
+
+def test_the_training_loop_imports_no_instrument():
+    found = loop_imports_of_instruments()
+    assert not found, "the training loop imports an instrument: " + "; ".join(found)
+
+
+def test_an_instrument_the_loop_reaches_is_named_with_its_path(tmp_path):
+    for package in PACKAGES:
+        (tmp_path / package).mkdir()
+    (tmp_path / "grpo" / "trainer.py").write_text("from grpo.facts import facts_for\n")
+    (tmp_path / "grpo" / "facts.py").write_text("from grpo.diagnostics import logprob_change\n")
+    (tmp_path / "grpo" / "diagnostics.py").write_text("import torch\n")
+    assert loop_imports_of_instruments(tmp_path) == ["grpo.trainer -> grpo.facts -> grpo.diagnostics"]

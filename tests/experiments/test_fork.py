@@ -12,11 +12,11 @@ import torch
 import grpo.probe
 from experiments.tasks import make_task
 from experiments.tasks.fork import Agreement, agreement, exact_values, matches
+from grpo.batch import sample_groups
 from grpo.config import AlgoConfig, ModelConfig, SamplingConfig
 from grpo.model import load_policy
 from grpo.probe import ProbeConfig, probe_credit
 from grpo.rollout import response_logprobs
-from grpo.trainer import sample_groups
 from tests.conftest import FORK_PARAMS
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see tests/conftest.py

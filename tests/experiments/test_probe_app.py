@@ -8,9 +8,16 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from experiments.probe import run
+from experiments.probe import register_probe_configs, run
 from grpo.checks import ConfigError
-from tests.conftest import FORK_PARAMS, compose_config
+from tests.conftest import FORK_PARAMS
+from tests.conftest import compose_config as compose_train_config
+
+
+def compose_config(*overrides: str):
+    """The root config as quadrl-probe composes it (its schema adds the app's probe.* keys)."""
+    return compose_train_config(*overrides, register=register_probe_configs)
+
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see tests/conftest.py
 
@@ -94,3 +101,10 @@ def test_probe_app_refuses_a_checkpoint_dir_without_a_checkpoint(tmp_path, fork_
     with pytest.raises(ConfigError, match="probe.checkpoint=.*no checkpoint/state.pt"):
         run(compose_config(*fork_overrides(fork_model_dir, tmp_path), f"probe.checkpoint={tmp_path}"))
     assert not (tmp_path / "report").exists()
+
+
+def test_the_probe_apps_own_keys_are_refused_by_quadrl_train(tmp_path):
+    """probe.out, probe.checkpoint, ... are quadrl-probe's (experiments/probe.py: ProbeAppConfig), not the run's."""
+    assert compose_config(f"probe.out={tmp_path}", "probe.scoreboard=false").probe.out == str(tmp_path)
+    with pytest.raises(Exception, match="probe.out"):
+        compose_train_config(f"probe.out={tmp_path}")

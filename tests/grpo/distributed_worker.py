@@ -22,11 +22,13 @@ from omegaconf import OmegaConf
 import interventions
 from experiments.tasks import make_task
 from grpo import distributed
+from grpo.batch import Batch, sample_groups
 from grpo.config import QuadrlConfig
 from grpo.credit import build_intervention
+from grpo.instruments import standard_instruments
 from grpo.metrics import NullSink
 from grpo.model import load_policy
-from grpo.trainer import Batch, Trainer, sample_groups
+from grpo.trainer import Trainer
 from tests.conftest import REPO, compose_config
 
 PROMPTS, GROUP = 4, 4
@@ -99,11 +101,16 @@ def one_step(spec: str, world: distributed.World, run_dir: Path) -> dict[str, An
         )
         for k in range(N_ROUNDS if ROUNDS in extra else 1)
     ]
+    measure = standard_instruments(cfg, intervention, policy, task)
     if ROUNDS in extra:
-        trainer = FixedRoundsTrainer(cfg, policy, task, intervention, NullSink(), run_dir, world=world)
+        trainer = FixedRoundsTrainer(
+            cfg, policy, task, intervention, NullSink(), run_dir, world=world, instruments=measure
+        )
         trainer.rounds = batches
     else:
-        trainer = FixedBatchTrainer(cfg, policy, task, intervention, NullSink(), run_dir, world=world)
+        trainer = FixedBatchTrainer(
+            cfg, policy, task, intervention, NullSink(), run_dir, world=world, instruments=measure
+        )
         trainer.fixed = batches[0]
     metrics = trainer.step(0)
     grads = {}

@@ -10,16 +10,12 @@ from fractions import Fraction
 import pytest
 import torch
 
-from grpo.cancellation import (
-    NODE_KINDS,
-    batch_prefixes,
-    cancellation_metrics,
-    group_members,
-    shared_prefixes,
-)
+from grpo.cancellation import NODE_KINDS, cancellation_metrics
 from grpo.credit import TokenCredit, TokenFacts
+from grpo.entropy_split import EntropySplit
 from grpo.loss import aggregate, token_coefficients
-from grpo.quadrants import EntropySplit, split_quadrants
+from grpo.prefixes import batch_prefixes, group_members, shared_prefixes
+from grpo.quadrants import split_quadrants
 
 # One group of four responses (0 = padding id, also a real token id elsewhere: padding must never match):
 #   r0: 7 8 2        A = +1  (len 3)

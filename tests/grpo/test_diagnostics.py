@@ -11,8 +11,9 @@ import interventions  # noqa: F401  (registers every method)
 from grpo.advantages import group_advantages
 from grpo.credit import TokenCredit, TokenFacts
 from grpo.diagnostics import answer_diversity, logprob_change, quadrant_gradient_diagnostics
+from grpo.entropy_split import EntropySplit
 from grpo.loss import policy_loss
-from grpo.quadrants import QUADRANTS, EntropySplit, split_quadrants
+from grpo.quadrants import QUADRANTS, split_quadrants
 from grpo.rollout import response_logprobs
 from tests.conftest import tiny_llama
 

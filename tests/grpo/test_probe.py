@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from grpo.batch import sample_groups
 from grpo.checks import ConfigError
 from grpo.config import AlgoConfig, ModelConfig, QuadrlConfig, SamplingConfig, validate
+from grpo.entropy_split import EntropySplit
 from grpo.model import load_policy
 from grpo.probe import ProbeConfig, bernoulli_kl, credit_summary, plan_probe, probe_credit, share_intervals
-from grpo.quadrants import EntropySplit
 from grpo.task import Example
-from grpo.trainer import sample_groups
 from tests.conftest import compose_config, hand_probe, make_trainer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see tests/conftest.py

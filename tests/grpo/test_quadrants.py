@@ -9,13 +9,8 @@ import torch
 
 import interventions  # noqa: F401  (registers every method)
 from grpo.credit import ConfigError, TokenCredit, TokenFacts, build_intervention
-from grpo.quadrants import (
-    QUADRANTS,
-    EntropySplit,
-    entropy_high_mask,
-    quadrant_stats,
-    split_quadrants,
-)
+from grpo.entropy_split import EntropySplit, entropy_high_mask
+from grpo.quadrants import QUADRANTS, quadrant_stats, split_quadrants
 
 
 def make_facts(adv_seq, entropy, mask, groups, rewards=None) -> TokenFacts:

@@ -171,3 +171,69 @@ def test_eval_time_and_its_share_of_the_run_are_logged(tmp_path, tiny_model_dir,
     spent = sum(m["perf/eval_time_s"] for m in evals)
     assert spent / total <= last <= 1.0 and spent / last <= total
     assert last < evals[0]["perf/eval_share"]  # two training steps happened in between
+
+
+def test_an_injected_instrument_sees_every_hook_in_order(tmp_path, tiny_model_dir, math_jsonl):
+    """grpo/instrument.py: the hooks fire around the update in order, their metrics join the step's, and the loop
+    itself measures nothing of the study (no quadrant, cancellation or update-norm metric without instruments)."""
+    from grpo.instrument import Instrument, StepView
+
+    calls: list[str] = []
+
+    class Spy(Instrument):
+        def before_update(self, view: StepView) -> dict[str, float]:
+            calls.append("before_update")
+            assert (
+                view.credit.weights.shape
+                == view.facts.response_mask.shape
+                == view.batch.rollout.logprobs.shape
+            )
+            return {"spy/before": 1.0}
+
+        def before_optimizer_step(self, params) -> None:
+            calls.append("before_optimizer_step")
+
+        def after_optimizer_step(self, params) -> None:
+            calls.append("after_optimizer_step")
+
+        def after_update(self, view: StepView) -> dict[str, float]:
+            calls.append("after_update")
+            return {"spy/after": 2.0}
+
+        def between_steps(self, steps_done: int) -> dict[str, float]:
+            calls.append(f"between_steps {steps_done}")
+            return {}
+
+    trainer = make_trainer(tmp_path, tiny_model_dir, math_jsonl, "algo.minibatches=2")
+    trainer.instruments = [Spy()]
+    metrics = trainer.step(0)
+    one_update = ["before_optimizer_step", "after_optimizer_step"]
+    assert calls == ["before_update", *one_update, *one_update, "after_update"]
+    assert metrics["spy/before"] == 1.0 and metrics["spy/after"] == 2.0
+    assert "train/loss" in metrics and "train/grad_norm" in metrics
+    measured = ("quadrant/", "cancel/", "train/update_norm", "train/answer_diversity", "probe/")
+    assert [k for k in metrics if k.startswith(measured)] == []
+
+
+def test_another_engines_mismatch_is_logged_and_corrected(tmp_path, tiny_model_dir, math_jsonl):
+    """Trainer.correct_mismatch (grpo/mismatch.py): an engine whose own log-probs sit 0.1 below the trainer's logs
+    rollout_corr/* and, with rollout.tis=token, weights every token by exp(0.1) (under the cap of 2)."""
+    from dataclasses import replace
+
+    from grpo.engine import NativeEngine
+
+    class Shifted(NativeEngine):
+        name = "shifted"
+
+        def generate(self, model, prompts, **kwargs):
+            roll = super().generate(model, prompts, **kwargs)
+            return replace(roll, rollout_logprobs=roll.logprobs - 0.1)
+
+    for tis, weight in (("off", 1.0), ("token", math.exp(0.1))):
+        trainer = make_trainer(tmp_path / tis, tiny_model_dir, math_jsonl, f"rollout.tis={tis}")
+        trainer.policy.engine = Shifted()
+        metrics = trainer.step(0)
+        assert any(k.startswith("rollout_corr/") for k in metrics), sorted(metrics)
+        means = [metrics[f"quadrant/{q}/weight_mean"] for q in ("pos_high", "pos_low", "neg_high", "neg_low")]
+        assert [m for m in means if not math.isnan(m)] != []
+        assert all(m == pytest.approx(weight, rel=1e-5) for m in means if not math.isnan(m)), (tis, means)

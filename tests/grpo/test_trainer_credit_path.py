@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from grpo.credit import TokenCredit
+from grpo.instruments import quadrant_split
 from tests.conftest import make_trainer
 
 AGGREGATION = {
@@ -112,7 +113,8 @@ def test_diagnostics_describe_the_quadrants_the_intervention_splits(
     tmp_path, tiny_model_dir, math_jsonl, overrides
 ):
     trainer = make_trainer(tmp_path, tiny_model_dir, math_jsonl, *overrides)
-    assert trainer.diag_split.mode == "absolute" and trainer.diag_split.threshold == 0.7
+    split = quadrant_split(trainer.cfg, trainer.intervention)
+    assert split.mode == "absolute" and split.threshold == 0.7
     assert trainer.step(0)["quadrant/entropy_threshold"] == pytest.approx(0.7)
 
 
@@ -122,4 +124,5 @@ def test_diagnostics_split_is_the_configured_one_without_a_quadrant_intervention
     trainer = make_trainer(
         tmp_path, tiny_model_dir, math_jsonl, "intervention=hapo", "diagnostics.split.high_fraction=0.5"
     )
-    assert (trainer.diag_split.mode, trainer.diag_split.high_fraction) == ("batch_quantile", 0.5)
+    split = quadrant_split(trainer.cfg, trainer.intervention)
+    assert (split.mode, split.high_fraction) == ("batch_quantile", 0.5)

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import interventions  # noqa: F401  (registers every method)
-from grpo.cancellation import batch_prefixes
 from grpo.credit import TokenCredit, TokenFacts, build_intervention
+from grpo.prefixes import batch_prefixes
 from tests.grpo.test_cancellation import trie_facts
 
 AGGREGATIONS = ["seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"]
