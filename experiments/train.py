@@ -34,6 +34,7 @@ from experiments.base_model import (
 )
 from experiments.distributed_env import from_slurm
 from experiments.eval import build_suite, to_config
+from experiments.renamed import refuse_renamed
 from experiments.sweep import parent_run_id, read_swept_keys, sweep_condition
 from experiments.tasks import Task, make_task
 from experiments.tracking import Tracker, flatten, git_commit, provenance
@@ -357,7 +358,7 @@ def refuse(prog: str, error: Exception) -> None:
 
 
 @hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="config")
-def main(raw: DictConfig) -> float | None:
+def _main(raw: DictConfig) -> float | None:
     try:
         final = run(raw)
     except ConfigError as exc:
@@ -367,6 +368,13 @@ def main(raw: DictConfig) -> float | None:
             raise
         refuse("quadrl-train", exc)
     return final.get("eval/accuracy")
+
+
+def main() -> float | None:
+    """``quadrl-train``: refuse an override that names a moved config (experiments/renamed.py) in one line, then
+    run the Hydra app."""
+    refuse_renamed("quadrl-train", sys.argv[1:])
+    return _main()
 
 
 if __name__ == "__main__":
