@@ -241,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
         settings = StudyReport.from_config(plain.report, args.preset)
         check_all(args.preset, cfg, args.overrides)
     except (HydraException, OmegaConfBaseException, ConfigError) as exc:
-        print(f"quadrl-study: error: {exc}", file=sys.stderr)
+        # one line: Hydra's "could not find" (a misspelt --preset) lists every option on the lines after the first
+        print(f"quadrl-study: error: {str(exc).strip().splitlines()[0]}", file=sys.stderr)
         return 2
     uri, experiment = str(cfg.tracking.uri), str(cfg.tracking.experiment)
 
