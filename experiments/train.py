@@ -89,11 +89,16 @@ def sweep_parent() -> str | None:
 
 
 def intervention_label(params: dict[str, Any]) -> str:
-    """The conf/intervention preset chosen (``only_pos_high``), else the method's name (``quadrant``)."""
+    """The condition chosen, by its file name (``condition=quadrant/only_pos_high``: ``only_pos_high``), else the
+    conf/intervention method chosen, else the method's name (``quadrant``)."""
     try:
-        return str(HydraConfig.get().runtime.choices.get("intervention") or params.get("name", "none"))
+        choices = HydraConfig.get().runtime.choices
     except ValueError:
         return str(params.get("name", "none"))
+    condition = choices.get("condition")
+    if condition:
+        return str(condition).rsplit("/", 1)[-1]
+    return str(choices.get("intervention") or params.get("name", "none"))
 
 
 def resolve_run_dir(cfg: QuadrlConfig) -> Path:
