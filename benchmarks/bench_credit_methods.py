@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/bench_credit_methods.py baseline arca "intervention=dasd"
     .venv/bin/python benchmarks/bench_credit_methods.py --model DIR --teacher DIR
 
-A condition is a ``+credit_method`` option (``conf/credit_method/``: the method with its model and learning rate,
+A condition is a ``condition`` option (``conf/condition/``: the method with its model and learning rate,
 exactly as the study runs it) or a quoted list of Hydra overrides (``"intervention=dasd"``). Every condition gets
 its own Trainer on the same model (default: the built-in arith base model; the distillation teacher defaults to
 the built-in teacher when it is cached, else the base model itself -- same architecture, so the same cost), with
@@ -36,7 +36,7 @@ DEFAULT = ["baseline", "hapo", "top_entropy", "grpo_lora", "arca", "attention_en
 
 
 def overrides_of(condition: str) -> list[str]:
-    return condition.split() if "=" in condition else [f"+credit_method={condition}"]
+    return condition.split() if "=" in condition else [f"condition={condition}"]
 
 
 def build_trainer(condition: str, model: Path, teacher: Path, run_dir: Path, threads: int):
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "conditions", nargs="*", default=DEFAULT, help="credit_method names or quoted overrides"
+        "conditions", nargs="*", default=DEFAULT, help="conf/condition/ names or quoted overrides"
     )
     parser.add_argument(
         "--model", type=Path, default=None, help="model directory (default: built-in arith base)"

@@ -7,7 +7,8 @@ hand-kept list, is the point: a field added to a config appears in the reference
 Keys: the fields of :class:`grpo.config.QuadrlConfig`, nested dataclasses as ``a.b`` (with the ``probe.*`` keys
 only ``quadrl-probe`` reads, from ``experiments.probe.ProbeAppConfig``); the untyped nodes are
 expanded from their registries: ``intervention.<field>`` from every registered method's config class (the method
-named in the entry), ``task.<param>`` from every registered task's signature. A list of dataclasses
+named in the entry), ``task.<param>`` from every registered task's signature, ``report.<field>`` from the study
+app's :class:`experiments.study.StudyReport`. A list of dataclasses
 (``eval.suite``) is documented by its element's fields as ``eval.suite[].<field>``.
 """
 
@@ -136,15 +137,24 @@ def probe_app_keys() -> list[Key]:
     ]
 
 
+def report_keys() -> list[Key]:
+    """``report.<field>``: a preset's report settings, read by ``quadrl-study`` (experiments/study.py)."""
+    from experiments.study import StudyReport
+
+    return [
+        dataclasses.replace(k, owner="report (quadrl-study)") for k in dataclass_keys(StudyReport, "report.")
+    ]
+
+
 def all_keys() -> list[Key]:
-    """Every key of the run config: the dataclass tree, quadrl-probe's own ``probe.*`` keys, then the methods' and
-    the tasks' keys."""
+    """Every key of the run config: the dataclass tree, quadrl-probe's own ``probe.*`` keys, then the methods',
+    the tasks' and the report's keys."""
     from grpo.config import QuadrlConfig
 
     tree = [k for k in dataclass_keys(QuadrlConfig) if k.key not in ("task", "intervention")]
     probe_end = max(i for i, k in enumerate(tree) if k.key.startswith("probe.")) + 1
     tree = tree[:probe_end] + probe_app_keys() + tree[probe_end:]
-    return tree + intervention_keys() + task_keys()
+    return tree + intervention_keys() + task_keys() + report_keys()
 
 
 def key_names() -> set[str]:

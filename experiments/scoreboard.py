@@ -23,8 +23,9 @@ positive when the token moved the chance of success the way the response's outco
 - ``mass_on_no_credit``: the share of the method's credit mass sum |c_t| on tokens with no measured credit:
   |delta^_t| <= z se_t (``probe.no_credit_z``), or skipped as certain (|delta_t| < probe.skip_tol).
 
-Methods come from every preset in ``conf/intervention/`` (each registered method ships one) plus any registered
-method without a preset (default config), so methods added later are scored with no edit here. A method whose
+Methods come from every preset in ``conf/intervention/`` (each registered method ships one), every condition of
+``conf/condition/`` that only sets the intervention (the quadrant masks, ...), plus any registered method without a
+preset (default config), so methods added later are scored with no edit here. A method whose
 objective also uses the current log-probs (an ``extra_loss``, e.g. KL-Cov's penalty) is scored on c_t and
 marked; one that cannot build its credit from the batch's facts (it needs parameters, an adapter, ...) is listed
 with the reason.
@@ -78,16 +79,35 @@ class Score:
 
 
 def _preset_configs() -> dict[str, dict[str, Any]]:
+    """Every method preset of conf/intervention/, and every condition of conf/condition/ that changes only the
+    intervention into one no method preset has (the quadrant masks, the attention-entropy sides, a mask then
+    min_replace), labelled by its file name."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    from grpo.config import register_configs
+
     names = sorted(p.stem for p in (CONF / "intervention").glob("*.yaml"))
+    root = CONF / "condition"
+    conditions = sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml"))
 
     def load() -> dict[str, dict[str, Any]]:
-        return {
+        configs = {
             n: OmegaConf.to_container(compose(config_name=f"intervention/{n}").intervention, resolve=True)
             for n in names
         }
+        register_configs()
+        plain = OmegaConf.to_container(compose(config_name="config"), resolve=True)
+        for name in conditions:
+            cfg = OmegaConf.to_container(
+                compose(config_name="config", overrides=[f"condition={name}"]), resolve=True
+            )
+            rest = {k: v for k, v in cfg.items() if k != "intervention"}
+            if rest == {k: v for k, v in plain.items() if k != "intervention"} and cfg[
+                "intervention"
+            ] not in (configs.values()):
+                configs[Path(name).name] = cfg["intervention"]
+        return configs
 
     if GlobalHydra.instance().is_initialized():  # inside quadrl-probe's own Hydra app
         return load()

@@ -10,8 +10,8 @@ other parameters, one built and cached, so that parallel jobs do not all pre-tra
 and one child run per job; (3) write the report from the parent run's children, log it to the parent, and check
 the results against the published ones (docs/results/<preset>.json, the README's tables), condition by
 condition. Progress (jobs done, elapsed) is printed as the sweep runs; a failed job does not stop the others, and
-the report lists it. The report's control and its paired comparisons are the preset's :data:`STUDY_REPORTS`
-entry (the preset's YAML holds the grid; the Hydra schema has no place for report settings).
+the report lists it. The report's control, its paired comparisons and its metric are the preset's ``report:``
+block (:class:`StudyReport`), in the preset's YAML beside the grid.
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ import argparse
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -30,6 +31,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from experiments import CONF_DIR
+from experiments.renamed import refuse_renamed
 from experiments.sweep import PARENT_FILE, ui_lines
 from experiments.tracking import ensure_experiment
 
@@ -39,44 +41,50 @@ REFERENCES = CONF_DIR.parent / "docs" / "results"
 
 @dataclass(frozen=True)
 class StudyReport:
-    """How ``quadrl-study`` reports the sweep of one preset."""
+    """How ``quadrl-study`` reports the sweep of one preset: the ``report:`` block of conf/experiment/<preset>.yaml,
+    beside the grid it reports on. A preset without one (or a key left out) gets these defaults."""
 
-    control: str = "intervention=none"
-    """The condition the others are compared with (``--control`` overrides it)."""
+    control: str | None = None
+    """The condition the others are compared with, as the report names it (``condition=baseline``); ``--control``
+    overrides it. null: the one condition whose runs train with intervention none (analysis/report.py's guess)."""
     pairs: tuple[tuple[str, str], ...] = ()
-    """(condition, reference) pairs compared directly, e.g. each fix against its condition as is."""
+    """(condition, reference) pairs compared directly, e.g. each fix against its condition as is; written in
+    YAML as a list of two-element lists."""
     metric: str = "eval/accuracy"
     """The main metric the conditions are compared on (greedy test accuracy unless the preset says why not)."""
 
+    @classmethod
+    def from_config(cls, node: Any, preset: str) -> StudyReport:
+        """The preset's ``report:`` node (a mapping, possibly empty), checked: ConfigError in one line naming the
+        preset and the key for an unknown key or a value of the wrong shape."""
+        from grpo.checks import ConfigError
 
-MECHANISM_MASKS = ("only_pos_low", "only_neg_low", "only_neg_high")
-STUDY_REPORTS = {
-    "quadrant_study": StudyReport(),
-    # countdown's greedy accuracy on 200 prompts moves by about its own noise; the mean accuracy of 8 samples
-    # per prompt (1600 completions, what the paper reports as avg@k) resolves the baseline's gain
-    "quadrant_study_countdown": StudyReport(metric="eval/avg_at_8"),
-    # ARCA against its rank-matched control (GRPO through the same LoRA adapter), IW-OPD against plain OPD: the
-    # comparisons the two papers make
-    "credit_methods": StudyReport(
-        control="+credit_method=baseline",
-        pairs=(
-            ("+credit_method=arca", "+credit_method=grpo_lora"),
-            ("+credit_method=iw_opd", "+credit_method=opd"),
-        ),
-    ),
-    "quadrant_mechanisms": StudyReport(
-        control="+mechanism=baseline",
-        pairs=(
-            ("+mechanism=sgd", "+mechanism=baseline"),
-            *(
-                (f"+mechanism={mask}_{fix}", f"+mechanism={mask}")
-                for mask in MECHANISM_MASKS
-                for fix in ("min_replace", "sgd")
-            ),
-        ),
-    ),
-}
-"""Report settings per preset of conf/experiment/; a preset not listed gets the defaults of StudyReport."""
+        where = f"conf/experiment/{preset}.yaml: report"
+        values = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+        if values is None:
+            return cls()
+        if not isinstance(values, dict):
+            raise ConfigError(f"{where} must be a mapping of {', '.join(_REPORT_KEYS)}, got {values!r}")
+        unknown = sorted(set(values) - set(_REPORT_KEYS))
+        if unknown:
+            raise ConfigError(
+                f"{where} has unknown key(s) {', '.join(unknown)}; known: {', '.join(_REPORT_KEYS)}"
+            )
+        control = values.get("control")
+        if control is not None and not isinstance(control, str):
+            raise ConfigError(f"{where}.control must be a condition name or null, got {control!r}")
+        metric = values.get("metric", cls.metric)
+        if not isinstance(metric, str) or not metric:
+            raise ConfigError(f"{where}.metric must be a metric name such as eval/accuracy, got {metric!r}")
+        pairs = values.get("pairs") or []
+        if not isinstance(pairs, list) or not all(
+            isinstance(p, list | tuple) and len(p) == 2 and all(isinstance(c, str) for c in p) for p in pairs
+        ):
+            raise ConfigError(f"{where}.pairs must be a list of [condition, reference] pairs, got {pairs!r}")
+        return cls(control=control, pairs=tuple((a, b) for a, b in pairs), metric=metric)
+
+
+_REPORT_KEYS = tuple(f.name for f in fields(StudyReport))
 
 
 def first_values(overrides: list[str]) -> list[str]:
@@ -101,6 +109,11 @@ def study_config(preset: str, overrides: list[str], with_hydra: bool = True):
             overrides=[f"experiment={preset}", *first_values(overrides)],
             return_hydra_config=with_hydra,
         )
+
+
+def study_report(preset: str, overrides: list[str] | tuple[str, ...] = ()) -> StudyReport:
+    """The preset's report settings (its ``report:`` block, with the command line's ``report.*`` overrides), checked."""
+    return StudyReport.from_config(study_config(preset, list(overrides), with_hydra=False).report, preset)
 
 
 def reference_file(preset: str, given: str | None) -> Path | None:
@@ -204,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--control",
         default=None,
-        help="condition the others are compared with (default: the preset's, else intervention=none)",
+        help="condition the others are compared with (default: the preset's report.control, else the one that "
+        "trains with intervention none)",
     )
     parser.add_argument(
         "--reference",
@@ -214,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides applied to every job")
     args = parser.parse_args(argv)
+    refuse_renamed("quadrl-study", args.overrides)
 
     sweep_dir = Path(args.out or f"multirun/{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     from experiments.train import check
@@ -223,9 +238,11 @@ def main(argv: list[str] | None = None) -> int:
         cfg = study_config(args.preset, args.overrides)
         plain = study_config(args.preset, args.overrides, with_hydra=False)
         check(plain)
+        settings = StudyReport.from_config(plain.report, args.preset)
         check_all(args.preset, cfg, args.overrides)
     except (HydraException, OmegaConfBaseException, ConfigError) as exc:
-        print(f"quadrl-study: error: {exc}", file=sys.stderr)
+        # one line: Hydra's "could not find" (a misspelt --preset) lists every option on the lines after the first
+        print(f"quadrl-study: error: {str(exc).strip().splitlines()[0]}", file=sys.stderr)
         return 2
     uri, experiment = str(cfg.tracking.uri), str(cfg.tracking.experiment)
 
@@ -274,7 +291,6 @@ def main(argv: list[str] | None = None) -> int:
     from analysis.report import ReportOptions, build_report
 
     parent = parent_file.read_text().strip()
-    settings = STUDY_REPORTS.get(args.preset, StudyReport())
     report = build_report(
         ReportOptions(
             out_dir=sweep_dir / "report",

@@ -33,6 +33,7 @@ from experiments.base_model import (
 )
 from experiments.distributed_env import from_slurm
 from experiments.eval import build_suite, to_config
+from experiments.renamed import refuse_renamed
 from experiments.sweep import parent_run_id, read_swept_keys, sweep_condition
 from experiments.tasks import Task, make_task
 from experiments.tracking import Tracker, flatten, git_commit, provenance
@@ -81,11 +82,16 @@ def sweep_parent() -> str | None:
 
 
 def intervention_label(params: dict[str, Any]) -> str:
-    """The conf/intervention preset chosen (``only_pos_high``), else the method's name (``quadrant``)."""
+    """The condition chosen, by its file name (``condition=quadrant/only_pos_high``: ``only_pos_high``), else the
+    conf/intervention method chosen, else the method's name (``quadrant``)."""
     try:
-        return str(HydraConfig.get().runtime.choices.get("intervention") or params.get("name", "none"))
+        choices = HydraConfig.get().runtime.choices
     except ValueError:
         return str(params.get("name", "none"))
+    condition = choices.get("condition")
+    if condition:
+        return str(condition).rsplit("/", 1)[-1]
+    return str(choices.get("intervention") or params.get("name", "none"))
 
 
 def resolve_run_dir(cfg: QuadrlConfig) -> Path:
@@ -319,7 +325,7 @@ def mark_failed(cfg: QuadrlConfig, run_id: str | None) -> None:
 
 
 @hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="config")
-def main(raw: DictConfig) -> float | None:
+def _main(raw: DictConfig) -> float | None:
     try:
         final = run(raw)
     except ConfigError as exc:
@@ -329,6 +335,13 @@ def main(raw: DictConfig) -> float | None:
             raise
         refuse("quadrl-train", exc)
     return final.get("eval/accuracy")
+
+
+def main() -> float | None:
+    """``quadrl-train``: refuse an override that names a moved config (experiments/renamed.py) in one line, then
+    run the Hydra app."""
+    refuse_renamed("quadrl-train", sys.argv[1:])
+    return _main()
 
 
 if __name__ == "__main__":

@@ -348,6 +348,9 @@ class QuadrlConfig:
     """Per-quadrant statistics and (optionally) gradient diagnostics."""
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     """MLflow tracking."""
+    report: Any = field(default_factory=dict)
+    """How ``quadrl-study`` reports a preset's sweep (control, pairs, metric): the preset's ``report:`` block in
+    conf/experiment/, checked by the study app (experiments/study.py: ``StudyReport``); training ignores it."""
     seed: int = 0
     """Seeds sampling, data order, LoRA init and intervention randomness."""
     run_dir: str | None = None

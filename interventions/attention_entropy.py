@@ -16,7 +16,7 @@ improves on full-token training. Here, for response token t::
     schedule=linear:    weight(step) = weight + (weight_end - weight) * min(1, (step - start_step) / schedule_steps)
 
 Weights multiply the policy-gradient term only (the loss normaliser and the KL term are unchanged, as for a
-quadrant scale), so a weight of 0 freezes a side: ``attention_anchors_only`` / ``attention_explorers_only``
+quadrant scale), so a weight of 0 freezes a side: ``condition=attention_anchors_only`` / ``attention_explorers_only``
 are the paper's one-sided contrasts.
 
 Logged like the quadrant split (``intervention/attention_entropy/...``): the threshold, and for ``anchors``

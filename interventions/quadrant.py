@@ -10,7 +10,8 @@ scale vector s = (s_pos_high, s_pos_low, s_neg_high, s_neg_low)::
     m'_t  = m_t and not (s_q(t) == 0)   only with ``renormalize: true`` (else the normaliser is untouched)
 
 so s_q = 0 freezes a quadrant (its tokens still count in the loss normaliser unless ``renormalize``), 1 leaves
-it, k > 1 amplifies it. "Train on PHR only" is s = (1, 0, 0, 0): ``conf/intervention/only_pos_high.yaml``.
+it, k > 1 amplifies it. "Train on PHR only" is s = (1, 0, 0, 0): ``condition=quadrant/only_pos_high``
+(conf/condition/quadrant/only_pos_high.yaml).
 The advantages are not changed. Logged in ``credit.info``: the split (mode, fraction, threshold), the scales,
 the two switches and the share of response tokens this step froze.
 

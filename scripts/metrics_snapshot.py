@@ -7,8 +7,9 @@ Shows that a refactor changed no behaviour: run it on the code before and after,
     python scripts/metrics_snapshot.py compare before.json after.json
 
 ``run`` starts ``python -m experiments.train -m`` in ``--repo`` (so that checkout's code runs) with the grid
-intervention=none,only_pos_high x seed 0, 10 steps, per-quadrant gradient diagnostics every 2 steps, one thread per
-job, into a fresh SQLite store, then writes ``{condition: {metric: [[step, value], ...]}}``. Set QUADRL_CACHE to the
+condition=baseline,quadrant/only_pos_high (intervention=none,only_pos_high in a checkout from before conf/condition/)
+x seed 0, 10 steps, per-quadrant gradient diagnostics every 2 steps, one thread per job, into a fresh SQLite store,
+then writes ``{condition: {metric: [[step, value], ...]}}``, keyed by the condition's name in both cases. Set QUADRL_CACHE to the
 same directory for both runs so that they start from the same base model. ``compare`` ignores ``perf/*`` (wall-clock
 timings) and reports every other value that differs, bit for bit (floats are compared by their repr).
 """
@@ -23,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 GRID = [
-    "intervention=none,only_pos_high",
+    "condition=baseline,quadrant/only_pos_high",
     "seed=0",
     "train.steps=10",
     "train.threads=1",
@@ -36,6 +37,12 @@ GRID = [
     "eval.pass_k=[1,4]",
     "hydra/launcher=local",
 ]
+
+
+LEGACY_GRID = "intervention=none,only_pos_high"
+"""The same two conditions under their names before conf/condition/ (intervention presets)."""
+LEGACY_CONDITIONS = {"none": "baseline", "only_pos_high": "quadrant/only_pos_high"}
+"""A legacy run's ``override.intervention`` -> its condition's name, so that both dumps key the same."""
 
 
 def run(repo: Path, out: Path) -> None:
@@ -51,6 +58,8 @@ def run(repo: Path, out: Path) -> None:
         "tracking.experiment=snapshot",
         f"hydra.sweep.dir={work / 'sweep'}",
     ]
+    if not (repo / "conf" / "condition").is_dir():  # a checkout from before the conditions' rename: old names
+        command = [LEGACY_GRID if c == GRID[0] else c for c in command]
     subprocess.run(command, cwd=repo, check=True)
     dump_store(uri, out)
 
@@ -65,9 +74,10 @@ def dump_store(uri: str, out: Path) -> None:
     for r in runs:
         if r.data.tags.get("quadrl.role") == "sweep":
             continue
-        condition = r.data.tags[
-            "override.intervention"
-        ]  # the full condition holds the temporary store's path
+        # the full condition holds the temporary store's path: the swept value names the run
+        condition = (
+            r.data.tags.get("override.condition") or LEGACY_CONDITIONS[r.data.tags["override.intervention"]]
+        )
         metrics = {}
         for key in sorted(r.data.metrics):
             history = client.get_metric_history(r.info.run_id, key)

@@ -5,8 +5,8 @@ group choice (``intervention=hapo``) a file of ``conf/<group>/``.
 
 Commands are read from ```bash blocks and from inline code spans. Not checked, on purpose:
 - ``+key=...`` and ``~key``: Hydra's append and delete, which add what the schema does not hold by design
-  (``+eval=paper_math`` composes a preset group the run config has no default for, ``+mechanism=...`` a study's
-  paired condition); their group files are checked like any other group choice;
+  (``+eval=paper_math`` composes a preset group the run config has no default for); their group files are checked
+  like any other group choice (``condition=quadrant/only_pos_low``: a file under a group's subfolder);
 - ``hydra.*`` and ``hydra/...``: Hydra's own config (launcher, sweep dir), not quadrl's;
 - the argparse scripts' ``--options``: ``--help`` is their reference, and the flags are not config keys;
 - placeholders (``intervention=<name>``), and the group choices of a command that adds a config folder of its
@@ -26,6 +26,7 @@ import tomllib
 import yaml
 
 from experiments.config_reference import all_keys
+from experiments.renamed import renamed
 from tests.conftest import REPO
 
 SCRIPT = re.compile(r"(?:(?<=^)|(?<=[\s/]))(quadrl-[a-z]+)(?=\s|$)")
@@ -144,6 +145,11 @@ def problems(text: str) -> list[str]:
                     name = registered_name(group, choice)
                     picked[group] = f"{group}={name}" if name else None
             for arg in args:
+                if (
+                    moved := renamed([arg])
+                ) is not None:  # an old name: experiments/renamed.py says the new one
+                    found.append(f"{script} ... {moved}")
+                    continue
                 match = KEY.match(arg)
                 if (
                     arg.startswith("-")
@@ -190,13 +196,17 @@ def test_the_check_reads_commands_and_catches_typos():
     assert problems("`quadrl-train intervention=none,hapoo`") == [
         "quadrl-train ... intervention=none,hapoo: intervention=hapoo: no conf/intervention/hapoo.yaml"
     ]
-    assert problems("`quadrl-train intervention=freeze_pos_high intervention.scale.neg_low=0`") == []
+    assert problems("`quadrl-train condition=quadrant/freeze_pos_high intervention.scale.neg_low=0`") == []
     assert problems("`quadrl-train intervention=quadrant intervention.alpha=0.3`") == [
         "quadrl-train ... intervention.alpha=0.3: 'intervention.alpha' is not a config key of intervention=quadrant"
     ]
     assert problems("`quadrl-train --config-dir my/conf +eval=mine task=<task>`") == []
-    assert problems("`quadrl-study +mechanism=nope`") == [
-        "quadrl-study ... +mechanism=nope: mechanism=nope: no conf/mechanism/nope.yaml"
+    assert problems("`quadrl-study condition=baseline,quadrant/nope`") == [
+        "quadrl-study ... condition=baseline,quadrant/nope: condition=quadrant/nope: no conf/condition/quadrant/nope.yaml"
+    ]
+    assert problems("`quadrl-study +credit_method=arca`") == [
+        "quadrl-study ... +credit_method=arca: conf/credit_method/ was renamed: every whole condition is an option "
+        "of conf/condition/; write condition=arca"
     ]
 
 

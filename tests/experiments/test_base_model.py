@@ -371,7 +371,9 @@ def test_ship_seals_the_cached_build_with_its_key_and_checksums(tmp_path, monkey
 def test_pretrain_refuses_a_shipped_name_without_ship(capsys):
     from experiments.pretrain import main
 
-    assert main(["--task", "arith", "--out", "somewhere", "--name", "arith_teacher"]) == 2  # a refused value: exit 2, as every entry point
+    assert (
+        main(["--task", "arith", "--out", "somewhere", "--name", "arith_teacher"]) == 2
+    )  # a refused value: exit 2, as every entry point
     assert "--name names a shipped model: it needs --ship" in capsys.readouterr().err
 
 

@@ -10,11 +10,13 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from experiments.base_model import teacher_recipe
-from experiments.study import STUDY_REPORTS, study_config, sweep_grid, teachers
+from experiments.study import study_config, study_report, sweep_grid, teachers
 from experiments.train import run
 from tests.conftest import CONF, compose_config, make_trainer, math_task
 
-CONDITIONS = sorted(p.stem for p in Path(CONF, "credit_method").glob("*.yaml"))
+CONDITIONS = str(
+    OmegaConf.load(Path(CONF, "experiment", "credit_methods.yaml")).hydra.sweeper.params.condition
+).split(",")
 
 
 def small(tmp_path: Path, jsonl: Path, experiment: str) -> tuple[str, list[str]]:
@@ -88,7 +90,7 @@ def test_every_credit_methods_condition_trains_end_to_end(tmp_path, sft_model_di
     uri, overrides = small(tmp_path, math_jsonl, condition)
     cfg = compose_config(
         "experiment=credit_methods",
-        f"+credit_method={condition}",
+        f"condition={condition}",
         "model.source=local",
         f"model.path={sft_model_dir}",
         "algo.teacher.source=local",
@@ -114,16 +116,17 @@ def test_the_study_compares_with_the_baseline_and_builds_teachers_first():
     grid = sweep_grid(study_config("credit_methods", []), [])
     assert grid["seed"] == ["0", "1", "2", "3", "4"]
     assert {"baseline", "hapo", "top_entropy", "arca", "attention_entropy", "opd", "iw_opd"} <= set(
-        grid["+credit_method"]
+        grid["condition"]
     )
-    assert f"+credit_method={grid['+credit_method'][0]}" == STUDY_REPORTS["credit_methods"].control
+    report = study_report("credit_methods")
+    assert f"condition={grid['condition'][0]}" == report.control
     # each paper's own comparison is a pair of conditions the grid runs
-    for pair in STUDY_REPORTS["credit_methods"].pairs:
-        assert {c.removeprefix("+credit_method=") for c in pair} <= set(grid["+credit_method"]), pair
+    for pair in report.pairs:
+        assert {c.removeprefix("condition=") for c in pair} <= set(grid["condition"]), pair
     (teacher,) = teachers("credit_methods", [], grid)
     assert teacher_recipe(teacher.model.base_seed, teacher.algo.teacher.min_accuracy) == teacher_recipe(
         0, 0.9
     )
-    narrowed = sweep_grid(study_config("credit_methods", []), ["+credit_method=baseline,hapo"])
-    assert narrowed["+credit_method"] == ["baseline", "hapo"]
-    assert teachers("credit_methods", ["+credit_method=baseline,hapo"], narrowed) == []
+    narrowed = sweep_grid(study_config("credit_methods", []), ["condition=baseline,hapo"])
+    assert narrowed["condition"] == ["baseline", "hapo"]
+    assert teachers("credit_methods", ["condition=baseline,hapo"], narrowed) == []

@@ -121,6 +121,19 @@ def test_quadrl_train_refuses_bad_data_in_one_line(tmp_path):
     assert f"{data}: row 2: missing field 'answer'" in line
 
 
+def test_quadrl_train_refuses_a_renamed_group_naming_the_new_one(monkeypatch, capsys):
+    """In process (the check runs before Hydra): ``quadrl-train +credit_method=arca`` exits 2 in one line."""
+    from experiments import train
+
+    monkeypatch.setattr("sys.argv", ["quadrl-train", "+credit_method=arca"])
+    with pytest.raises(SystemExit) as exit_info:
+        train.main()
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2
+    assert line.startswith("quadrl-train: error: +credit_method=arca: conf/credit_method/ was renamed")
+    assert line.endswith("write condition=arca")
+
+
 def test_hydra_errors_stay_as_hydra_prints_them(tmp_path):
     proc = entry_point("quadrl-train", "tracking=off", "algo.grop_size=8", cwd=tmp_path)
     assert proc.returncode == 1, output(proc)
@@ -195,8 +208,8 @@ def test_quadrl_study_refuses_any_swept_value_before_building_anything(tmp_path)
     proc = entry_point("quadrl-study", "algo.group_size=8,-4", cwd=tmp_path)
     line = one_line_refusal(proc, "quadrl-study")
     assert line.startswith("quadrl-study: error: condition algo.group_size=-4: algo.group_size must be >= 2")
-    proc = entry_point("quadrl-study", "intervention=none,no_such_intervention", cwd=tmp_path)
-    assert "condition intervention=no_such_intervention: " in one_line_refusal(proc, "quadrl-study")
+    proc = entry_point("quadrl-study", "condition=baseline,no_such_condition", cwd=tmp_path)
+    assert "condition condition=no_such_condition: " in one_line_refusal(proc, "quadrl-study")
     assert sorted(p.name for p in tmp_path.iterdir()) == [], "something was built before the refusal"
 
 
@@ -204,10 +217,10 @@ def test_a_study_checks_every_condition_of_the_preset():
     from experiments.study import conditions, study_config
 
     checked = {c[-1] for c in conditions(study_config("quadrant_mechanisms", []), [])}
-    mechanisms = study_config("quadrant_mechanisms", []).hydra.sweeper.params["+mechanism"].split(",")
-    assert checked == {f"+mechanism={m}" for m in mechanisms} | {f"seed={s}" for s in range(5)}
+    mechanisms = study_config("quadrant_mechanisms", []).hydra.sweeper.params["condition"].split(",")
+    assert checked == {f"condition={m}" for m in mechanisms} | {f"seed={s}" for s in range(5)}
     swept = {c[-1] for c in conditions(study_config("quadrant_study", []), ["seed=7", "algo.group_size=4,8"])}
-    assert {"seed=7", "algo.group_size=4", "algo.group_size=8", "intervention=hapo"} <= swept
+    assert {"seed=7", "algo.group_size=4", "algo.group_size=8", "condition=hapo"} <= swept
     assert not any(c.startswith("seed=") and c != "seed=7" for c in swept)
 
 

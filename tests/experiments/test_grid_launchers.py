@@ -244,9 +244,9 @@ def test_demo_grid_preset():
     from grpo.config import validate
 
     cfg = compose_config_with_hydra("experiment=demo_grid")
-    assert dict(cfg.hydra.sweeper.params) == {"intervention": "none,hapo", "seed": "0,1"}
-    for intervention in ("none", "hapo"):
-        job = compose_config("experiment=demo_grid", f"intervention={intervention}", "seed=1")
+    assert dict(cfg.hydra.sweeper.params) == {"condition": "baseline,hapo", "seed": "0,1"}
+    for condition, intervention in (("baseline", "none"), ("hapo", "hapo")):
+        job = compose_config("experiment=demo_grid", f"condition={condition}", "seed=1")
         validate(OmegaConf.to_object(job))
         assert job.intervention.name == intervention and job.seed == 1
         assert job.tracking.experiment == "demo-grid"

@@ -149,7 +149,7 @@ def test_one_sided_presets_freeze_the_other_side():
         ("attention_anchors_only", [1.0, 0, 1, 0]),
         ("attention_explorers_only", [0, 1.0, 0, 1]),
     ]:
-        config = OmegaConf.to_container(compose_config(f"intervention={preset}").intervention)
+        config = OmegaConf.to_container(compose_config(f"condition={preset}").intervention)
         credit = apply(config, attention_facts(step=30))
         assert torch.allclose(credit.weights, torch.tensor([want]))
 

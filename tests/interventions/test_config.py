@@ -116,6 +116,11 @@ def test_every_method_has_a_yaml_named_after_it():
     assert set(registered()) <= names
 
 
+def test_conf_intervention_holds_methods_only():
+    """A preset of a method (a quadrant mask, ...) is a condition (conf/condition/), not a method."""
+    assert {p.stem for p in yaml_files()} <= set(registered())
+
+
 @pytest.mark.parametrize("path", yaml_files(), ids=lambda p: p.name)
 def test_every_yaml_builds(path):
     values = composed(path.stem)
@@ -147,7 +152,8 @@ def test_method_yaml_repeats_the_code_defaults(path):
     ],
 )
 def test_quadrant_presets(preset, expected):
-    config = build_intervention(composed(preset)).config
+    values = OmegaConf.to_container(compose_config(f"condition=quadrant/{preset}").intervention, resolve=True)
+    config = build_intervention(values).config
     assert config.name == "quadrant"
     assert config.scale.as_dict() == expected
     assert not config.renormalize and not config.mask_kl
