@@ -64,6 +64,11 @@ STUDY_REPORTS = {
             ("+credit_method=iw_opd", "+credit_method=opd"),
         ),
     ),
+    # quadrl's own method (docs/preregistration/branch_credit.md): against GRPO (the control) and against HAPO
+    "branch_credit": StudyReport(pairs=(("intervention=branch_credit", "intervention=hapo"),)),
+    "branch_credit_countdown": StudyReport(
+        pairs=(("intervention=branch_credit", "intervention=hapo"),), metric="eval/avg_at_8"
+    ),
     "quadrant_mechanisms": StudyReport(
         control="+mechanism=baseline",
         pairs=(
