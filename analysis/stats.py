@@ -208,6 +208,38 @@ def compare_to_control(values: Sequence[float], control: Sequence[float]) -> dic
     return out
 
 
+def welch_interval(
+    values: Sequence[float], reference: Sequence[float], confidence: float = 0.95
+) -> dict[str, float]:
+    """mean(values) - mean(reference) with its Student-t interval at Welch-Satterthwaite's degrees of freedom,
+    and the two-sided Welch t-test's p (the same test as :func:`compare_to_control`). NaNs dropped; NaN
+    interval and p with fewer than 2 values a side or no variance at all.
+
+    se = sqrt(s_a^2 / n_a + s_b^2 / n_b), df = se^4 / ((s_a^2 / n_a)^2 / (n_a - 1) + (s_b^2 / n_b)^2 / (n_b - 1)),
+    interval = diff -+ t_{(1 + confidence) / 2, df} * se (sample variances, ddof 1).
+    """
+    x = np.asarray(values, dtype=float)
+    y = np.asarray(reference, dtype=float)
+    x, y = x[~np.isnan(x)], y[~np.isnan(y)]
+    out = {"mean_diff": math.nan, "lo": math.nan, "hi": math.nan, "df": math.nan, "p_welch": math.nan}
+    if x.size and y.size:
+        out["mean_diff"] = float(x.mean() - y.mean())
+    if x.size < 2 or y.size < 2:
+        return out
+    va, vb = x.var(ddof=1) / x.size, y.var(ddof=1) / y.size
+    if va + vb == 0:
+        return out
+    df = (va + vb) ** 2 / (va**2 / (x.size - 1) + vb**2 / (y.size - 1))
+    half = float(sps.t.ppf((1 + confidence) / 2, df)) * math.sqrt(va + vb)
+    out.update(
+        lo=out["mean_diff"] - half,
+        hi=out["mean_diff"] + half,
+        df=float(df),
+        p_welch=float(sps.ttest_ind(x, y, equal_var=False).pvalue),
+    )
+    return out
+
+
 def holm(pvalues: Sequence[float]) -> np.ndarray:
     """Holm-Bonferroni adjusted p-values (same order as given); NaNs stay NaN and are not counted in m."""
     p = np.asarray(pvalues, dtype=float)
