@@ -48,7 +48,8 @@ baseline); ``min_support`` (a state needs m members to be trusted as a baseline;
 ``suffix`` (how the untracked remainder is spread). Only the advantages change (weights, KL weights, the loss mask
 and the clip pass through); the incoming advantage is read per response, so compose it *first* (after it,
 per-token reshapers like HAPO act on its A'). Stop-gradient: computed from detached facts. Cost: one trie
-(G passes over [B, T]) and a few segment sums, measured by ``benchmarks/bench_branch_credit.py``. Logged:
+(G passes over [B, T]) and a few segment sums: a whole step costs 0.98x GRPO's (``benchmarks/bench_credit_methods.py
+baseline "intervention=branch_credit"``, docs/studies/branch-credit.md). Logged:
 ``branch_credit/shared_token_share`` (tokens at nodes with >= m members), ``branch_credit/zero_token_share``
 (tokens it gives exactly 0: shared nodes without a branch, and groups without signal),
 ``branch_credit/suffix_token_share`` and ``branch_credit/mean_abs_ratio`` (mean |A'| / mean |A| over the
