@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import tables
-from analysis.stats import MetricSummary, mean_ci, mean_difference_ci
+from analysis.stats import MetricSummary, compare_to_control, holm, mean_ci, mean_difference_ci
 from runrecord import CPU_TAG, PROVENANCE_TAGS
 
 FORMAT_VERSION = 1
@@ -407,13 +407,63 @@ def marked_files(root: str | Path) -> list[Path]:
     return [p for p in candidates if p.is_file() and _BLOCK.search(p.read_text())]
 
 
+def contrasts(specs: Sequence[str], confidence: float = 0.95) -> pd.DataFrame:
+    """Pre-registered comparisons across results files, one family: each spec ``FILE:CONDITION:REFERENCE`` gives
+    mean(CONDITION) - mean(REFERENCE) over the seeds' ``values`` of FILE, its Student-t interval (Welch's degrees
+    of freedom), the two-sided Welch p and Holm's adjustment across *all* the specs given."""
+    rows = []
+    for spec in specs:
+        path, condition, reference = spec.rsplit(":", 2)
+        data = read_results(path)
+        conditions = data["conditions"]
+        for name in (condition, reference):
+            if name not in conditions:
+                raise ValueError(f"{path}: no condition '{name}' (has {sorted(conditions)})")
+        a, b = conditions[condition], conditions[reference]
+        test = compare_to_control(a["values"], b["values"])
+        lo, hi = mean_difference_ci(a["values"], b["values"], confidence=confidence)
+        stat = {"mean_diff": test["mean_diff"], "lo": lo, "hi": hi, "p_welch": test["p_welch"]}
+        rows.append(
+            {
+                "file": path,
+                "metric": data.get("metric", ""),
+                "condition": condition,
+                "reference": reference,
+                "n": f"{len(a['values'])} vs {len(b['values'])}",
+                "mean": float(np.mean(a["values"])),
+                "reference_mean": float(np.mean(b["values"])),
+                **stat,
+            }
+        )
+    table = pd.DataFrame(rows)
+    table["p_welch_holm"] = holm(table["p_welch"].to_numpy()) if len(table) else []
+    return table
+
+
+def contrasts_markdown(table: pd.DataFrame, confidence: float = 0.95) -> str:
+    """The :func:`contrasts` table as Markdown."""
+    pct = f"{100 * confidence:g}%"
+    lines = [
+        f"| results file (metric) | comparison | n | means | difference [{pct} t interval] | Welch p | Holm p |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in table.itertuples(index=False):
+        lines.append(
+            f"| {Path(r.file).name} ({r.metric}) | {r.condition} vs {r.reference} | {r.n} | "
+            f"{r.mean:.3f} vs {r.reference_mean:.3f} | {r.mean_diff:+.3f} [{r.lo:+.3f}, {r.hi:+.3f}] | "
+            f"{r.p_welch:.3f} | {r.p_welch_holm:.3f} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m analysis.results readme [--check]``: recompute the intervals of every results file from its
     per-seed values (docs/results/**/*.json and each file a table names), then regenerate (or check) the results
     tables of README.md and of every documentation page that holds one (from the repository root; a table's FILE
     is relative to it).
     ``python -m analysis.results compare FRESH REFERENCE``: the reference check of two results files (exit 1 when a
-    condition differs or a flip reverses an ordering the reference resolved)."""
+    condition differs or a flip reverses an ordering the reference resolved). ``python -m analysis.results
+    contrasts FILE:CONDITION:REFERENCE ...``: a pre-registered family of comparisons (:func:`contrasts`)."""
     parser = argparse.ArgumentParser(
         prog="python -m analysis.results",
         description=main.__doc__,
@@ -432,7 +482,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     compare.add_argument(
         "reference", help="results file it is checked against (e.g. docs/results/<preset>.json)"
     )
+    contrast = commands.add_parser(
+        "contrasts",
+        help="pre-registered comparisons across results files: Welch t, t interval, Holm over all",
+    )
+    contrast.add_argument("specs", nargs="+", help="FILE:CONDITION:REFERENCE, one per comparison")
+    contrast.add_argument("--confidence", type=float, default=0.95, help="interval level (default 0.95)")
     args = parser.parse_args(argv)
+    if args.command == "contrasts":
+        try:
+            print(contrasts_markdown(contrasts(args.specs, args.confidence), args.confidence))
+        except (ValueError, OSError) as exc:
+            print(f"python -m analysis.results: error: {exc}", file=sys.stderr)
+            return 2
+        return 0
     if args.command == "compare":
         try:
             check = check_against(read_results(args.fresh), read_results(args.reference))

@@ -265,3 +265,30 @@ def test_readme_recomputes_stale_intervals_from_the_stored_values(tmp_path, caps
         "p_welch_holm"
     ] == 0.5
     assert main(["readme", "--root", str(tmp_path), "--check"]) == 0
+
+
+def test_contrasts_hand_values_and_holm_across_files(tmp_path):
+    from analysis.results import contrasts, contrasts_markdown, main
+
+    def write(name: str, conditions: dict[str, list[float]]) -> str:
+        path = tmp_path / f"{name}.json"
+        body = {c: {"seeds": list(range(len(v))), "values": v} for c, v in conditions.items()}
+        path.write_text(json.dumps({"metric": "eval/accuracy", "conditions": body}))
+        return str(path)
+
+    # a = (1, 2, 3) vs b = (0, 0, 0): diff 2, se^2 = 1/3, df = 2 (all variance on one side), t_.975,2 = 4.302653
+    one = write("one", {"a": [1.0, 2.0, 3.0], "b": [0.0, 0.0, 0.0]})
+    # c = (0, 2) vs d = (0, 2): diff 0, p 1
+    two = write("two", {"c": [0.0, 2.0], "d": [0.0, 2.0]})
+    table = contrasts([f"{one}:a:b", f"{two}:c:d"])
+    first, second = table.iloc[0], table.iloc[1]
+    half = 4.302653 * (1 / 3) ** 0.5
+    assert first.mean_diff == pytest.approx(2.0)
+    assert (first.lo, first.hi) == (pytest.approx(2 - half, abs=1e-5), pytest.approx(2 + half, abs=1e-5))
+    p = first.p_welch  # two-sided t(2) at t = 2 / sqrt(1/3) = 3.4641: 0.07418
+    assert p == pytest.approx(0.07418, abs=1e-4)
+    assert second.mean_diff == 0.0 and second.p_welch == pytest.approx(1.0)
+    # Holm over the two: 2 * 0.07418 for the smaller, max(that, 1) for the larger
+    assert table.p_welch_holm.tolist() == [pytest.approx(2 * p), pytest.approx(1.0)]
+    assert "+2.000 [" in contrasts_markdown(table)
+    assert main(["contrasts", f"{one}:a:missing"]) == 2
