@@ -5,7 +5,7 @@ docs/studies/branch-credit.md): credit is delta_t = V(s_{t+1}) - V(s_t), V(s) = 
 ``task=fork`` (exact credit) it sits where the sampled branch was unlikely, not where entropy is high, and under
 plain GRPO most of a group's shared prefix carries no credit at all. The probe cannot run every step (its
 continuations cost ~180 batches of tokens), but a group of G responses to one prompt *is* a set of rollouts
-from every prefix they share: the group's prefix trie (:mod:`grpo.cancellation`, built every step for the
+from every prefix they share: the group's prefix trie (:mod:`grpo.prefixes`, built every step for the
 ``cancel/*`` diagnostics) gives, for free, a Monte Carlo estimate of V at every state two or more responses
 visit.
 
@@ -64,8 +64,8 @@ import torch
 from torch import Tensor
 
 from grpo import checks as check
-from grpo.cancellation import SharedPrefixes, batch_prefixes, group_members
 from grpo.credit import Intervention, InterventionConfig, TokenCredit, TokenFacts, register
+from grpo.prefixes import SharedPrefixes, batch_prefixes, group_members
 
 SUFFIX_SPREADS = ("surprisal", "uniform")
 SURPRISAL_FLOOR = 1e-6

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import interventions  # noqa: F401  (registers every method)
-from grpo.cancellation import batch_prefixes
 from grpo.checks import ConfigError
 from grpo.credit import TokenCredit, TokenFacts, build_intervention
+from grpo.prefixes import batch_prefixes
 
 # group 0 (rows 0-3) and group 1 (rows 4-5, both rewards equal: no signal). Row 3 has 3 tokens (padding at t=3).
 #   row 0: 1 2 3 4      A = +0.5      trie: t=0 {0,1,2} (row 3 left at t=0), t=1 {0,1,2}, t=2 {0,1}, t=3 alone
