@@ -80,9 +80,16 @@ def problems(tmp_path):
     return path
 
 
-def task(path, **params):
+def task(path, timeout_seconds=10, **params):
+    # a generous deadline where nothing should hang: a loaded machine once took over 1 s to start a worker and
+    # import the verifier, which scored correct answers 0; the hang test sets its own short deadline
     return make_task(
-        "math_file", path=str(path), test_fraction=0.5, timeout_seconds=1, verify_workers=2, **params
+        "math_file",
+        path=str(path),
+        test_fraction=0.5,
+        timeout_seconds=timeout_seconds,
+        verify_workers=2,
+        **params,
     )
 
 
@@ -116,7 +123,7 @@ def test_trl_function_scores_like_the_builtin_verifier(problems, user_rewards):
 
 def test_hang_and_crash_score_zero_and_are_counted(problems, user_rewards):
     fns = [f"{user_rewards}:{name}" for name in ("accuracy", "hang", "boom", "wrong_type")]
-    t = task(problems, reward_fn=fns, reward_weights=[1.0, 5.0, 5.0, 5.0])
+    t = task(problems, timeout_seconds=2, reward_fn=fns, reward_weights=[1.0, 5.0, 5.0, 5.0])
     got = t.rewards(_examples(t), COMPLETIONS)
     assert got.rewards == [1.0, 1.0, 0.0, 0.0, 1.0]  # only accuracy's values: the others scored 0
     assert got.timeouts == 5  # every hang stopped at its deadline
